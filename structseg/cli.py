@@ -1,0 +1,119 @@
+"""The ``structseg`` command line: data, train, eval, predict, demo, models."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import StructsegError
+
+
+def cmd_data_synth(a: argparse.Namespace) -> None:
+    from .data.synth import write_synthetic
+    out = write_synthetic(a.out, n=a.n, seed=a.seed, size=(a.height, a.width), progress=True)
+    print(f"wrote {a.n} images to {out} (train.txt, val.txt, classes.json)")
+
+
+def cmd_data_check(a: argparse.Namespace) -> int:
+    from .data.check import check_split
+    rep = check_split(a.root, a.split)
+    print(rep.format())
+    return 1 if rep.problems else 0
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from .config import load_config
+    from .engine.trainer import train
+    cfg = load_config(a.config, a.set or [])
+    out = Path(a.out) if a.out else Path("runs") / Path(a.config).stem
+    summary = train(cfg, out, progress=not a.quiet)
+    if summary["best_checkpoint"]:
+        print(f"best val mIoU {summary['best_miou']:.4f} at epoch {summary['best_epoch']}: {summary['best_checkpoint']}")
+    print(f"run folder: {out} (last.pt, metrics.jsonl, curves.png)")
+
+
+def cmd_eval(a: argparse.Namespace) -> None:
+    from .engine.report import evaluate_checkpoint
+    evaluate_checkpoint(a.checkpoint, a.data, a.split, a.out, panels=a.panels, progress=not a.quiet)
+
+
+def cmd_predict(a: argparse.Namespace) -> None:
+    from .engine.predict import predict_paths
+    n = predict_paths(a.checkpoint, a.inputs, a.out, progress=not a.quiet)
+    print(f"wrote {n} label maps and overlays to {a.out}")
+
+
+def cmd_demo(a: argparse.Namespace) -> None:
+    from .demo import run_demo
+    run_demo(Path(a.out), minutes=a.minutes)
+
+
+def cmd_models(a: argparse.Namespace) -> None:
+    from .models import list_models, model_arguments
+    for name in list_models():
+        args = ", ".join(f"{k}={v!r}" for k, v in model_arguments(name).items())
+        print(f"{name:<10} {args}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="structseg", description="Semantic segmentation with structured inference.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="create or check datasets in the unified layout")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    s = dsub.add_parser("synth", help="write a procedural dataset (deterministic by seed)")
+    s.add_argument("out", help="new folder to create")
+    s.add_argument("--n", type=int, default=64, help="number of images (default 64)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--height", type=int, default=96)
+    s.add_argument("--width", type=int, default=128)
+    s.set_defaults(func=cmd_data_synth)
+    c = dsub.add_parser("check", help="scan labels: class histogram, out-of-range values, size mismatches")
+    c.add_argument("root")
+    c.add_argument("--split", required=True, help="split file, relative to ROOT")
+    c.set_defaults(func=cmd_data_check)
+
+    t = sub.add_parser("train", help="train a model from a YAML config (resumes from OUT/last.pt)")
+    t.add_argument("config")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.epochs=10")
+    t.add_argument("--out", help="run folder (default runs/CONFIG_NAME)")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint on a split: mIoU, mean accuracy, pixel accuracy")
+    e.add_argument("checkpoint")
+    e.add_argument("--data", required=True, help="dataset root")
+    e.add_argument("--split", required=True, help="split file, relative to ROOT")
+    e.add_argument("--out", help="folder for metrics.json and pictures")
+    e.add_argument("--panels", type=int, default=4, help="image | truth | prediction panels to save (default 4)")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(func=cmd_eval)
+
+    pr = sub.add_parser("predict", help="segment images: label PNG + colour overlay per image")
+    pr.add_argument("checkpoint")
+    pr.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--quiet", action="store_true")
+    pr.set_defaults(func=cmd_predict)
+
+    d = sub.add_parser("demo", help="synthetic data -> train ~2 min -> evaluate -> pictures")
+    d.add_argument("--out", default="structseg-demo", help="demo folder (default ./structseg-demo)")
+    d.add_argument("--minutes", type=float, default=2.0, help="training time budget (default 2)")
+    d.set_defaults(func=cmd_demo)
+
+    m = sub.add_parser("models", help="list the models and their arguments")
+    m.set_defaults(func=cmd_models)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        rc = args.func(args)
+    except StructsegError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)

@@ -1,0 +1,226 @@
+"""Training configuration: YAML files read into typed dataclasses, with dotted overrides.
+
+Every key must be known (an unknown one is an error naming it), every value is checked against
+its field's type, and ``--set section.key=value`` overrides use YAML syntax for the value.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from .errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    """Which network to build (see ``structseg models``) and its keyword arguments."""
+
+    name: str = "unet"
+    args: dict[str, Any] = field(default_factory=dict)
+    backbone_weights: str | None = None
+
+
+@dataclass
+class DataConfig:
+    """A dataset in the unified layout; ``mean``/``std`` normalise images in [0, 1]."""
+
+    root: str = ""
+    train_split: str = "train.txt"
+    val_split: str | None = "val.txt"
+    cache: bool = True
+    workers: int = 1
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+
+
+@dataclass
+class AugmentConfig:
+    """On-the-fly augmentation; ``crop_size`` is ``[height, width]`` (null: whole images)."""
+
+    scale: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    crop_size: list[int] | None = field(default_factory=lambda: [256, 256])
+    hflip: bool = True
+    brightness: float = 0.25
+    contrast: float = 0.25
+    saturation: float = 0.25
+    hue: float = 0.03
+
+
+@dataclass
+class OptimizerConfig:
+    """``name``: sgd, adamw or rmsprop."""
+
+    name: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    alpha: float = 0.9
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule per iteration: poly, cosine, exp (``gamma`` per epoch) or constant."""
+
+    name: str = "poly"
+    power: float = 0.9
+    gamma: float = 0.995
+    min_lr: float = 0.0
+    warmup_epochs: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    """The loop: epochs, batch, loss weighting, precision, validation and early stopping."""
+
+    epochs: int = 50
+    batch_size: int = 8
+    class_weights: str | list[float] | None = None
+    amp: str = "auto"
+    channels_last: bool = True
+    val_every: int = 1
+    patience: int = 0
+    seed: int = 0
+    threads: int = 0
+    tensorboard: bool = True
+
+
+@dataclass
+class Config:
+    """A whole training recipe."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "optimizer.name": ("sgd", "adamw", "rmsprop"),
+    "schedule.name": ("poly", "cosine", "exp", "constant"),
+    "train.amp": ("auto", "bf16", "fp16", "off"),
+}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against type ``tp``; ints are accepted for floats."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+    elif tp is Any:
+        return value
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif origin is list:
+        if isinstance(value, (list, tuple)):
+            (arg,) = typing.get_args(tp)
+            return [_coerce(v, arg, f"{key}[{i}]") for i, v in enumerate(value)]
+    elif origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    elif dataclasses.is_dataclass(tp):
+        return _from_dict(tp, value, key)
+    raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+
+
+def _from_dict(cls: type, data: Any, prefix: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section '{prefix or 'top level'}': expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        where = f"section '{prefix}'" if prefix else "top level"
+        raise ConfigError(f"unknown config key '{(prefix + '.') if prefix else ''}{unknown[0]}' in {where}; "
+                          f"known keys: {', '.join(names)}")
+    kwargs = {}
+    for name in names:
+        if name in data:
+            key = f"{prefix}.{name}" if prefix else name
+            kwargs[name] = _coerce(data[name], hints[name], key)
+            if key in CHOICES and kwargs[name] not in CHOICES[key]:
+                raise ConfigError(f"config key '{key}': {kwargs[name]!r} is not one of {', '.join(CHOICES[key])}")
+    return cls(**kwargs)
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    """Apply one ``a.b.c=value`` override (value in YAML syntax) to a raw config dict."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r}: expected KEY=VALUE, e.g. train.epochs=10")
+    key, raw = assignment.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        value = raw
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {assignment!r}: '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a :class:`Config` from a raw dict plus ``key=value`` overrides."""
+    data = yaml.safe_load(yaml.safe_dump(data or {}))  # deep copy
+    for o in overrides:
+        apply_override(data, o)
+    return _from_dict(Config, data, "")
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (relative paths in it are relative to the current directory)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    try:
+        return config_from_dict(data, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    from .data.io import atomic_path
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,93 @@
+"""A segmentation dataset in the unified layout, with decoded images cached in RAM.
+
+Decoding PNGs costs more than the model step on 2 cores, so every image is decoded once
+(``preload``) and kept as a ``uint8`` array; workers forked afterwards share those pages.
+Augmentation is deterministic given ``(seed, epoch, index)``, which makes resumed training
+identical to uninterrupted training.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..errors import DataError
+from .io import load_image, load_label
+from .layout import ClassInfo, read_classes, read_split
+
+
+def validate_pair(image: np.ndarray, label: np.ndarray, classes: ClassInfo, image_path: Path,
+                  label_path: Path) -> None:
+    """Raise a :class:`DataError` if sizes differ or label values fall outside ``[0, C) ∪ {ignore}``."""
+    if image.shape[:2] != label.shape:
+        raise DataError(
+            f"{label_path}: label size {label.shape[1]}x{label.shape[0]} (WxH) differs from its image "
+            f"{image_path.name} {image.shape[1]}x{image.shape[0]}")
+    values = np.unique(label)
+    bad = values[(values >= classes.num_classes) & (values != classes.ignore_index)]
+    if bad.size:
+        raise DataError(
+            f"{label_path}: label values {bad.tolist()[:10]} out of range; expected 0..{classes.num_classes - 1} "
+            f"or ignore_index {classes.ignore_index}")
+
+
+class SegmentationDataset(torch.utils.data.Dataset):
+    """Images and label maps listed in ``ROOT/SPLIT``; returns ``(image, label)`` tensors.
+
+    Without a transform an item is ``(uint8 (3,H,W), int64 (H,W))``; with one, whatever the
+    transform returns. The transform is called as ``transform(image_hwc, label_hw, generator)``.
+    """
+
+    def __init__(self, root: str | Path, split: str | Path, transform: Callable | None = None,
+                 cache: bool = True, seed: int = 0):
+        self.root = Path(root)
+        self.split = str(split)
+        self.classes = read_classes(self.root)
+        self.pairs = read_split(self.root, split)
+        self.transform = transform
+        self.cache = cache
+        self.seed = seed
+        self.epoch = 0
+        self._images: list[np.ndarray | None] = [None] * len(self.pairs)
+        self._labels: list[np.ndarray | None] = [None] * len(self.pairs)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation stream of ``epoch`` (call before iterating)."""
+        self.epoch = epoch
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Decoded, validated ``(image (H,W,3) uint8, label (H,W) uint8)``, cached when enabled."""
+        if self._images[index] is not None:
+            return self._images[index], self._labels[index]
+        img_path, lab_path = self.pairs[index]
+        image, label = load_image(img_path), load_label(lab_path)
+        validate_pair(image, label, self.classes, img_path, lab_path)
+        if self.cache:
+            self._images[index], self._labels[index] = image, label
+        return image, label
+
+    def preload(self, progress: bool = True) -> "SegmentationDataset":
+        """Decode every image once (with a progress bar) so epochs never touch the PNGs again."""
+        if self.cache:
+            for i in tqdm(range(len(self)), desc=f"decode {self.split}", unit="img", disable=not progress,
+                          leave=False):
+                self.load(i)
+        return self
+
+    def generator(self, index: int) -> torch.Generator:
+        g = torch.Generator()
+        g.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
+        return g
+
+    def __getitem__(self, index: int):
+        image, label = self.load(index)
+        if self.transform is not None:
+            return self.transform(image, label, self.generator(index))
+        return (torch.from_numpy(image).permute(2, 0, 1).contiguous(),
+                torch.from_numpy(label.astype(np.int64)))

@@ -1,0 +1,85 @@
+"""Reading and writing images and label maps, with one clear error per bad file."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+
+
+def _open(path: Path) -> Image.Image:
+    if not Path(path).is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        im = Image.open(path)
+        im.load()
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not an image file (cannot identify its format)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: corrupt or truncated image ({e})") from None
+    return im
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """An RGB image as ``uint8`` ``(H, W, 3)``; greyscale and palette images are converted."""
+    im = _open(Path(path))
+    if im.mode not in ("RGB", "RGBA", "L", "P", "LA", "I;16", "CMYK", "YCbCr"):
+        raise DataError(f"{path}: unsupported image mode {im.mode!r}; expected an RGB or greyscale image")
+    return np.array(im.convert("RGB"))
+
+
+def load_label(path: str | Path) -> np.ndarray:
+    """A label map of class indices as ``uint8`` ``(H, W)``."""
+    im = _open(Path(path))
+    if im.mode in ("RGB", "RGBA"):
+        raise DataError(
+            f"{path}: label is a {im.mode} colour image; expected a single-channel PNG of class indices "
+            "(colour-coded masks must be converted first)")
+    arr = np.array(im)
+    if arr.ndim != 2:
+        raise DataError(f"{path}: label has shape {arr.shape}; expected a single-channel (H, W) map")
+    if arr.dtype != np.uint8:
+        if arr.size and (arr.min() < 0 or arr.max() > 255):
+            raise DataError(f"{path}: label values span [{arr.min()}, {arr.max()}]; expected 0-255")
+        arr = arr.astype(np.uint8)
+    return arr
+
+
+def atomic_path(path: str | Path):
+    """Context manager giving a temporary sibling path that replaces ``path`` only on success."""
+    return _AtomicPath(Path(path))
+
+
+class _AtomicPath:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self) -> Path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.close(fd)
+        self.tmp = Path(tmp)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def save_png(array: np.ndarray, path: str | Path, palette: list | tuple | None = None) -> None:
+    """Write a uint8 array as PNG atomically; a 2-D array with ``palette`` becomes a palette PNG."""
+    im = Image.fromarray(np.ascontiguousarray(array))
+    if palette is not None and array.ndim == 2:
+        im = im.convert("P")
+        flat = [v for c in palette for v in c]
+        im.putpalette(flat + [0] * (768 - len(flat)))
+    with atomic_path(path) as tmp:
+        im.save(tmp, format="PNG")

@@ -1,0 +1,133 @@
+"""Paired image/label augmentation in PyTorch: scale, crop with padding, flip, colour, normalise.
+
+Every geometric operation is applied to the image and its label with the same parameters;
+labels are resized with nearest neighbour and padded with the ignore index. Parameters are drawn
+from a ``torch.Generator`` so that a sample's augmentation is reproducible.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def to_tensors(image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """``uint8 (H,W,3)``, ``(H,W)`` arrays -> float ``(3,H,W)`` in [0, 1] and int64 ``(H,W)``."""
+    img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    return img, torch.from_numpy(label.astype(np.int64))
+
+
+def resize(image: torch.Tensor, label: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resize to ``size`` (H, W): bilinear (antialiased when shrinking) for the image, nearest for the label."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image, label
+    shrink = size[0] < image.shape[-2]
+    img = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=shrink)[0]
+    lab = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
+    return img, lab
+
+
+def pad_to(image: torch.Tensor, label: torch.Tensor, height: int, width: int,
+           ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad bottom/right to at least ``height x width``: image with 0, label with ``ignore_index``."""
+    ph, pw = max(height - image.shape[-2], 0), max(width - image.shape[-1], 0)
+    if ph or pw:
+        image = F.pad(image, (0, pw, 0, ph), value=0.0)
+        label = F.pad(label, (0, pw, 0, ph), value=ignore_index)
+    return image, label
+
+
+def crop(image: torch.Tensor, label: torch.Tensor, top: int, left: int, height: int,
+         width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return (image[..., top:top + height, left:left + width],
+            label[..., top:top + height, left:left + width])
+
+
+def hflip(image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return image.flip(-1), label.flip(-1)
+
+
+def adjust_colour(image: torch.Tensor, brightness: float = 1.0, contrast: float = 1.0,
+                  saturation: float = 1.0, hue: float = 0.0) -> torch.Tensor:
+    """Photometric distortion of a float RGB image in [0, 1].
+
+    ``brightness``/``contrast``/``saturation`` are factors (1 = unchanged); ``hue`` is a rotation
+    in turns (0.5 = 180 degrees) of the chroma plane in YIQ space.
+    """
+    img = image * brightness
+    grey = (0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2])
+    img = (img - grey.mean()) * contrast + grey.mean()
+    grey = (0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2])[None]
+    img = (img - grey) * saturation + grey
+    if hue:
+        to_yiq = image.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+        c, s = math.cos(2 * math.pi * hue), math.sin(2 * math.pi * hue)
+        rot = image.new_tensor([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+        m = torch.linalg.inv(to_yiq) @ rot @ to_yiq
+        img = torch.einsum("ij,jhw->ihw", m, img)
+    return img.clamp_(0.0, 1.0)
+
+
+def normalize(image: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    m = image.new_tensor(mean)[:, None, None]
+    s = image.new_tensor(std)[:, None, None]
+    return (image - m) / s
+
+
+def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
+    return lo + (hi - lo) * torch.rand((), generator=g).item()
+
+
+@dataclass
+class TrainTransform:
+    """The training pipeline: random scale -> pad + random crop -> flip -> colour -> normalise."""
+
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    ignore_index: int = 255
+    scale: tuple[float, float] = (0.5, 2.0)
+    crop_size: tuple[int, int] | None = None
+    hflip: bool = True
+    brightness: float = 0.25
+    contrast: float = 0.25
+    saturation: float = 0.25
+    hue: float = 0.03
+
+    def __call__(self, image: np.ndarray, label: np.ndarray, g: torch.Generator):
+        img, lab = to_tensors(image, label)
+        s = _uniform(g, *self.scale)
+        if s != 1.0:
+            h, w = img.shape[-2:]
+            img, lab = resize(img, lab, (max(1, round(h * s)), max(1, round(w * s))))
+        if self.crop_size is not None:
+            ch, cw = self.crop_size
+            img, lab = pad_to(img, lab, ch, cw, self.ignore_index)
+            top = int(torch.randint(0, img.shape[-2] - ch + 1, (), generator=g))
+            left = int(torch.randint(0, img.shape[-1] - cw + 1, (), generator=g))
+            img, lab = crop(img, lab, top, left, ch, cw)
+        if self.hflip and torch.rand((), generator=g).item() < 0.5:
+            img, lab = hflip(img, lab)
+        if self.brightness or self.contrast or self.saturation or self.hue:
+            img = adjust_colour(img, _uniform(g, 1 - self.brightness, 1 + self.brightness),
+                                _uniform(g, 1 - self.contrast, 1 + self.contrast),
+                                _uniform(g, 1 - self.saturation, 1 + self.saturation),
+                                _uniform(g, -self.hue, self.hue))
+        return normalize(img, self.mean, self.std).contiguous(), lab.contiguous()
+
+
+@dataclass
+class EvalTransform:
+    """Evaluation: the full image, only normalised."""
+
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    def __call__(self, image: np.ndarray, label: np.ndarray, g: torch.Generator | None = None):
+        img, lab = to_tensors(image, label)
+        return normalize(img, self.mean, self.std), lab

@@ -1,0 +1,71 @@
+"""Checkpoints: everything needed to rebuild and use a model, written atomically.
+
+A checkpoint is a dict of plain values and tensors (loadable with ``weights_only=True``):
+``model`` (name, args, num_classes), ``classes`` (names, ignore_index, palette),
+``normalization`` (mean, std), ``state_dict`` and, for resuming, ``train_state``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data.io import atomic_path
+from ..data.layout import ClassInfo
+from ..errors import CheckpointError
+from ..models import create_model
+
+FORMAT = "structseg-checkpoint-v1"
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` to ``path`` via a temporary file, so a crash never leaves a partial file."""
+    payload = {"format": FORMAT, **payload}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint safely (``weights_only=True``) and check its format."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file becomes one clear message
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a structseg checkpoint (expected format {FORMAT})")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint",
+                          num_classes: int | None = None) -> torch.nn.Module:
+    """Rebuild the model a checkpoint describes and load its weights.
+
+    ``num_classes``, when given, must equal the checkpoint's (e.g. the dataset's class count).
+    """
+    spec = ckpt["model"]
+    if num_classes is not None and num_classes != spec["num_classes"]:
+        raise CheckpointError(
+            f"{path}: model has {spec['num_classes']} classes but the dataset has {num_classes}")
+    model = create_model(spec["name"], spec["num_classes"], **spec["args"])
+    state = {k.removeprefix("module."): v.float() if v.is_floating_point() else v
+             for k, v in ckpt["state_dict"].items()}
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{path}: weights do not match model {spec['name']!r} {spec['args']} "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for k, v in own.items():
+        if v.shape != state[k].shape:
+            raise CheckpointError(f"{path}: {k} has shape {tuple(state[k].shape)}, model expects {tuple(v.shape)}")
+    model.load_state_dict(state)
+    return model
+
+
+def checkpoint_classes(ckpt: dict) -> ClassInfo:
+    return ClassInfo.from_dict(ckpt["classes"], "checkpoint classes")

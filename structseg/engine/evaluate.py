@@ -1,0 +1,42 @@
+"""Whole-split evaluation: one confusion matrix at the labels' full resolution."""
+from __future__ import annotations
+
+import torch
+from tqdm import tqdm
+
+from ..data.dataset import SegmentationDataset
+from .distributed import is_main, rank_slice
+from .metrics import ConfusionMatrix
+from .runtime import autocast
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, images: torch.Tensor, device: torch.device,
+                   dtype: torch.dtype | None = None, channels_last: bool = False) -> torch.Tensor:
+    """Float32 logits ``(N, C, H, W)`` for normalised images ``(N, 3, H, W)``."""
+    x = images.to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(device, dtype):
+        return model(x).float()
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, dataset: SegmentationDataset, device: torch.device,
+             dtype: torch.dtype | None = None, channels_last: bool = False, progress: bool = True,
+             desc: str = "eval") -> ConfusionMatrix:
+    """Predict every image of ``dataset`` (with an eval transform) and accumulate the confusion matrix.
+
+    Under ``torchrun`` each process takes a slice of the split and the matrices are summed.
+    """
+    was_training = model.training
+    model.eval()
+    cm = ConfusionMatrix(dataset.classes.num_classes, dataset.classes.ignore_index)
+    indices = rank_slice(len(dataset))
+    for i in tqdm(indices, desc=desc, unit="img", disable=not (progress and is_main()), leave=False):
+        image, label = dataset[i]
+        logits = predict_logits(model, image[None], device, dtype, channels_last)
+        cm.update(logits.argmax(1)[0].cpu(), label)
+    cm.all_reduce()
+    model.train(was_training)
+    return cm

@@ -1,0 +1,56 @@
+"""Dataset-level segmentation metrics from one confusion matrix.
+
+Pixels whose ground truth is the ignore index are dropped before counting. Per-class IoU is
+``TP / (TP + FP + FN)``; a class absent from both ground truth and prediction has no IoU (NaN)
+and is left out of the mean, while a class predicted but absent from the ground truth scores 0.
+Mean class accuracy averages per-class recall over the classes present in the ground truth.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class ConfusionMatrix:
+    """``matrix[t, p]`` counts pixels of true class ``t`` predicted as ``p``."""
+
+    def __init__(self, num_classes: int, ignore_index: int = 255):
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch of predicted and true label maps of the same shape."""
+        if pred.shape != target.shape:
+            raise ValueError(f"prediction shape {tuple(pred.shape)} differs from target {tuple(target.shape)}")
+        keep = target != self.ignore_index
+        t = target[keep].long()
+        p = pred[keep].long()
+        n = self.num_classes
+        if t.numel() and (t.min() < 0 or t.max() >= n):
+            raise ValueError(f"target values must be in [0, {n}) or {self.ignore_index}")
+        self.matrix += torch.bincount(t * n + p, minlength=n * n).reshape(n, n).cpu()
+
+    def all_reduce(self) -> None:
+        """Sum the matrix over all processes (no-op when not distributed)."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(self.matrix)
+
+    def compute(self) -> dict:
+        """``pixel_acc``, ``mean_acc``, ``miou`` (fractions) and per-class ``iou``/``acc`` lists."""
+        m = self.matrix.double().numpy()
+        tp = np.diag(m)
+        gt = m.sum(1)
+        pred = m.sum(0)
+        union = gt + pred - tp
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iou = np.where(union > 0, tp / union, np.nan)
+            acc = np.where(gt > 0, tp / gt, np.nan)
+        total = m.sum()
+        return {
+            "pixel_acc": float(tp.sum() / total) if total else float("nan"),
+            "mean_acc": float(np.nanmean(acc)) if np.isfinite(acc).any() else float("nan"),
+            "miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
+            "iou": iou.tolist(),
+            "acc": acc.tolist(),
+        }

@@ -1,0 +1,289 @@
+"""The training loop: one readable function, resumable, single process or ``torchrun``.
+
+``train(cfg, out_dir)`` builds data, model and optimiser from the config, resumes from
+``out_dir/last.pt`` when it exists, and per epoch: trains on augmented crops, validates every
+``val_every`` epochs, writes ``last.pt`` (and ``best.pt`` on a new best val mIoU) atomically and
+appends a line to ``metrics.jsonl``. Augmentation, shuffling and dropout are seeded from
+``(seed, epoch)``, so a resumed run continues exactly as an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ..config import Config, save_config
+from ..data.class_weights import median_frequency_weights
+from ..data.dataset import SegmentationDataset
+from ..data.io import atomic_path
+from ..data.layout import read_classes
+from ..data.transforms import EvalTransform, TrainTransform
+from ..errors import CheckpointError, ConfigError, StructsegError
+from ..models import create_model, load_backbone_weights
+from .checkpoint import load_checkpoint, save_checkpoint
+from .distributed import all_reduce_mean, barrier, init_distributed, is_main, rank, world_size
+from .evaluate import evaluate
+from .optim import build_optimizer, lr_factor
+from .runtime import amp_dtype, autocast, pick_device, set_threads
+
+
+def build_datasets(cfg: Config, progress: bool = True) -> tuple[SegmentationDataset, SegmentationDataset | None]:
+    """Training set with augmentation and (optional) validation set, decoded into RAM."""
+    d, a = cfg.data, cfg.augment
+    train_tf = TrainTransform(mean=tuple(d.mean), std=tuple(d.std), scale=tuple(a.scale),
+                              crop_size=tuple(a.crop_size) if a.crop_size else None, hflip=a.hflip,
+                              brightness=a.brightness, contrast=a.contrast, saturation=a.saturation, hue=a.hue)
+    train_ds = SegmentationDataset(d.root, d.train_split, train_tf, cache=d.cache, seed=cfg.train.seed)
+    train_tf.ignore_index = train_ds.classes.ignore_index
+    if len(a.scale) != 2 or not 0 < a.scale[0] <= a.scale[1]:
+        raise ConfigError(f"config key 'augment.scale': expected [min, max] with 0 < min <= max, got {a.scale}")
+    if cfg.train.batch_size > 1 and not a.crop_size:
+        raise ConfigError("config key 'augment.crop_size' is null but train.batch_size > 1: "
+                          "images of different sizes cannot be batched; set a crop size or batch_size 1")
+    val_ds = None
+    if d.val_split:
+        val_ds = SegmentationDataset(d.root, d.val_split, EvalTransform(tuple(d.mean), tuple(d.std)), cache=d.cache)
+        if val_ds.classes != train_ds.classes:
+            raise ConfigError(f"{d.val_split} and {d.train_split} use different classes.json")
+    progress = progress and is_main()
+    train_ds.preload(progress)
+    if val_ds is not None:
+        val_ds.preload(progress)
+    return train_ds, val_ds
+
+
+def resolve_class_weights(cfg: Config, train_ds: SegmentationDataset) -> torch.Tensor | None:
+    cw = cfg.train.class_weights
+    c = train_ds.classes.num_classes
+    if cw is None or cw == "none":
+        return None
+    if cw == "median_frequency":
+        return torch.tensor(median_frequency_weights(train_ds), dtype=torch.float32)
+    if isinstance(cw, list):
+        if len(cw) != c:
+            raise ConfigError(f"config key 'train.class_weights': {len(cw)} weights given for {c} classes")
+        return torch.tensor(cw, dtype=torch.float32)
+    raise ConfigError(f"config key 'train.class_weights': expected null, 'median_frequency' or a list, got {cw!r}")
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """This process's shuffled batches of epoch ``epoch`` (drop_last; shards split across ranks)."""
+    g = torch.Generator().manual_seed(seed * 7919 + epoch)
+    order = torch.randperm(n, generator=g).tolist()
+    per_rank = n // world_size()
+    mine = order[rank() * per_rank:(rank() + 1) * per_rank]
+    nb = len(mine) // batch_size
+    if nb == 0:
+        raise ConfigError(f"train.batch_size {batch_size} is larger than the training split ({per_rank} images "
+                          "per process)")
+    return [mine[i * batch_size:(i + 1) * batch_size] for i in range(nb)]
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)
+
+
+class _JsonlLog:
+    """``metrics.jsonl``: one JSON object per epoch; on resume, lines past the checkpoint are dropped."""
+
+    def __init__(self, path: Path, keep_until_epoch: int):
+        self.path = path
+        if path.exists():
+            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+            kept = [ln for ln in lines if json.loads(ln).get("epoch", 0) <= keep_until_epoch]
+            with atomic_path(path) as tmp:
+                tmp.write_text("".join(ln + "\n" for ln in kept))
+
+    def append(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _tensorboard(out_dir: Path, enabled: bool):
+    if not enabled or not is_main():
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # noqa: BLE001 - tensorboard is optional
+        return None
+    return SummaryWriter(str(out_dir / "tb"))
+
+
+def train(cfg: Config, out_dir: str | Path, progress: bool = True, stop_after_epochs: int | None = None) -> dict:
+    """Train (or resume) the run in ``out_dir``; returns a summary with the best val metrics.
+
+    ``stop_after_epochs`` ends this call after that many epochs (the run can be resumed later).
+    """
+    out_dir = Path(out_dir)
+    distributed = init_distributed()
+    set_threads(cfg.train.threads)
+    device = pick_device()
+    dtype = amp_dtype(cfg.train.amp, device)
+    show = progress and is_main()  # progress bars
+    report = is_main()  # one summary line per epoch
+
+    if not cfg.data.root:
+        raise ConfigError("config key 'data.root' is empty; set it to a dataset folder (e.g. --set data.root=DIR)")
+    classes = read_classes(cfg.data.root)
+    c = classes.num_classes
+    torch.manual_seed(cfg.train.seed)
+    model = create_model(cfg.model.name, c, **cfg.model.args)  # fails fast on a bad model config
+    train_ds, val_ds = build_datasets(cfg, progress)
+    model_spec = {"name": cfg.model.name, "args": dict(cfg.model.args), "num_classes": c}
+
+    ckpt_last = out_dir / "last.pt"
+    state = None
+    if ckpt_last.exists():
+        state = load_checkpoint(ckpt_last)
+        if state["model"] != model_spec:
+            raise CheckpointError(f"{ckpt_last}: run folder holds model {state['model']}, but the config asks for "
+                                  f"{model_spec}; use another --out folder")
+        model.load_state_dict(state["state_dict"])
+    elif cfg.model.backbone_weights:
+        load_backbone_weights(model, cfg.model.backbone_weights)
+    if is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out_dir / "config.yaml")
+
+    model.to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if distributed and device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                                    else None) if distributed else model
+
+    weights = resolve_class_weights(cfg, train_ds)
+    if weights is not None and report:
+        print("class weights:", ", ".join(f"{n}={w:.3f}" for n, w in zip(classes.names, weights.tolist())))
+    weights = weights.to(device) if weights is not None else None
+
+    optimizer = build_optimizer(model.parameters(), cfg.optimizer)
+    scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16 and device.type == "cuda"))
+    bs = cfg.train.batch_size
+    steps_per_epoch = len(epoch_batches(len(train_ds), bs, cfg.train.seed, 0))
+    total_steps = steps_per_epoch * cfg.train.epochs
+
+    start_epoch, step, best, best_epoch, bad_epochs = 0, 0, -1.0, 0, 0
+    if state is not None:
+        ts = state["train_state"]
+        optimizer.load_state_dict(ts["optimizer"])
+        if ts.get("scaler"):
+            scaler.load_state_dict(ts["scaler"])
+        start_epoch, step = ts["epoch"], ts["step"]
+        best, best_epoch, bad_epochs = ts["best_miou"], ts["best_epoch"], ts["bad_epochs"]
+        if report:
+            print(f"resuming {out_dir} from epoch {start_epoch} (best val mIoU {best:.4f})")
+    log = _JsonlLog(out_dir / "metrics.jsonl", start_epoch) if is_main() else None
+    tb = _tensorboard(out_dir, cfg.train.tensorboard)
+
+    payload_base = {"model": model_spec, "classes": classes.to_dict(),
+                    "normalization": {"mean": list(cfg.data.mean), "std": list(cfg.data.std)},
+                    "config": cfg.to_dict()}
+    run_start = time.time()
+    epochs_done_here = 0
+    stopped_early = start_epoch < cfg.train.epochs and cfg.train.patience > 0 and bad_epochs >= cfg.train.patience
+    for epoch in range(start_epoch, cfg.train.epochs):
+        if stopped_early or (stop_after_epochs is not None and epochs_done_here >= stop_after_epochs):
+            break
+        t0 = time.time()
+        torch.manual_seed(cfg.train.seed * 100_003 + epoch)
+        train_ds.set_epoch(epoch)
+        batches = epoch_batches(len(train_ds), bs, cfg.train.seed, epoch)
+        loader = torch.utils.data.DataLoader(train_ds, batch_sampler=batches, num_workers=cfg.data.workers,
+                                             worker_init_fn=_worker_init if cfg.data.workers else None)
+        net.train()
+        loss_sum, seen = 0.0, 0
+        bar = tqdm(total=len(batches) * bs, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="img",
+                   disable=not show, leave=False, dynamic_ncols=True)
+        for images, labels in loader:
+            f = lr_factor(cfg.schedule, step, steps_per_epoch, total_steps, cfg.optimizer.lr)
+            for g in optimizer.param_groups:
+                g["lr"] = cfg.optimizer.lr * f
+            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if cfg.train.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with autocast(device, dtype):
+                logits = net(images)
+            loss = F.cross_entropy(logits.float(), labels, weight=weights, ignore_index=classes.ignore_index)
+            if not torch.isfinite(loss):
+                raise StructsegError(f"training diverged at epoch {epoch + 1}, step {step}: loss is {loss.item()}; "
+                                     "lower optimizer.lr or add schedule.warmup_epochs")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            loss_sum += loss.item() * images.shape[0]
+            seen += images.shape[0]
+            bar.update(images.shape[0])
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        bar.close()
+        train_time = time.time() - t0
+        record = {"epoch": epoch + 1, "step": step, "train_loss": all_reduce_mean(loss_sum / max(seen, 1)),
+                  "lr": optimizer.param_groups[0]["lr"], "images_per_s": seen * world_size() / train_time,
+                  "epoch_time_s": train_time}
+        metrics = None
+        is_last = epoch + 1 == cfg.train.epochs
+        if val_ds is not None and ((epoch + 1) % cfg.train.val_every == 0 or is_last):
+            cm = evaluate(model, val_ds, device, dtype, cfg.train.channels_last, progress=show, desc="val")
+            metrics = cm.compute()
+            record["val"] = {k: metrics[k] for k in ("miou", "mean_acc", "pixel_acc")}
+            if metrics["miou"] > best:
+                best, best_epoch, bad_epochs = metrics["miou"], epoch + 1, 0
+                if is_main():
+                    save_checkpoint(out_dir / "best.pt", {**payload_base, "state_dict": model.state_dict(),
+                                                          "epoch": epoch + 1, "metrics": metrics})
+            else:
+                bad_epochs = epoch + 1 - best_epoch
+        if is_main():
+            log.append(record)
+            if tb is not None:
+                for k, v in record.items():
+                    if isinstance(v, (int, float)) and k != "epoch":
+                        tb.add_scalar(f"train/{k}", v, epoch + 1)
+                for k, v in record.get("val", {}).items():
+                    tb.add_scalar(f"val/{k}", v, epoch + 1)
+                tb.flush()
+            train_state = {"epoch": epoch + 1, "step": step, "best_miou": best, "best_epoch": best_epoch,
+                           "bad_epochs": bad_epochs, "optimizer": optimizer.state_dict(),
+                           "scaler": scaler.state_dict() if scaler.is_enabled() else None}
+            save_checkpoint(ckpt_last, {**payload_base, "state_dict": model.state_dict(), "epoch": epoch + 1,
+                                        "metrics": metrics, "train_state": train_state})
+        barrier()
+        epochs_done_here += 1
+        if report:
+            elapsed = time.time() - run_start
+            eta = elapsed / epochs_done_here * (cfg.train.epochs - epoch - 1)
+            val_txt = f" val mIoU {metrics['miou']:.4f} (best {best:.4f} @ {best_epoch})" if metrics else ""
+            tqdm.write(f"epoch {epoch + 1}/{cfg.train.epochs} loss {record['train_loss']:.4f} "
+                       f"{record['images_per_s']:.1f} img/s{val_txt} | ETA {_fmt_time(eta)}")
+            sys.stdout.flush()
+        if cfg.train.patience > 0 and bad_epochs >= cfg.train.patience:
+            stopped_early = True
+            if report:
+                print(f"early stopping: val mIoU has not improved for {bad_epochs} epochs")
+    if tb is not None:
+        tb.close()
+    if is_main():
+        from ..viz.plots import training_curves
+        training_curves(out_dir / "metrics.jsonl", out_dir / "curves.png")
+    if distributed:
+        torch.distributed.destroy_process_group()
+    return {"out_dir": str(out_dir), "best_miou": best, "best_epoch": best_epoch,
+            "best_checkpoint": str(out_dir / "best.pt") if best >= 0 else None,
+            "last_checkpoint": str(ckpt_last), "stopped_early": stopped_early,
+            "wall_time_s": time.time() - run_start}
+
+
+def _fmt_time(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"

@@ -1,0 +1,79 @@
+"""Model factory: ``create_model(name, num_classes, **kwargs)`` over a plain dict of builders."""
+from __future__ import annotations
+
+import difflib
+import inspect
+from pathlib import Path
+from typing import Any, Callable
+
+import torch.nn as nn
+
+from ..errors import ConfigError
+from .base import SegmentationModel
+from .fcn import FCN
+from .unet import UNet
+
+
+def fcn32s(num_classes: int, in_channels: int = 3, dropout: float = 0.5) -> FCN:
+    return FCN(num_classes, in_channels, skips=0, dropout=dropout)
+
+
+def fcn16s(num_classes: int, in_channels: int = 3, dropout: float = 0.5) -> FCN:
+    return FCN(num_classes, in_channels, skips=1, dropout=dropout)
+
+
+def fcn8s(num_classes: int, in_channels: int = 3, dropout: float = 0.5) -> FCN:
+    return FCN(num_classes, in_channels, skips=2, dropout=dropout)
+
+
+def unet(num_classes: int, in_channels: int = 3, base_channels: int = 32, depth: int = 4,
+         bilinear: bool = True, dropout: float = 0.0) -> UNet:
+    return UNet(num_classes, in_channels, base_channels, depth, bilinear, dropout)
+
+
+MODELS: dict[str, Callable[..., SegmentationModel]] = {
+    "fcn32s": fcn32s,
+    "fcn16s": fcn16s,
+    "fcn8s": fcn8s,
+    "unet": unet,
+}
+
+
+def list_models() -> list[str]:
+    return sorted(MODELS)
+
+
+def model_arguments(name: str) -> dict[str, Any]:
+    """The keyword arguments of model ``name`` and their defaults (``num_classes`` excluded)."""
+    sig = inspect.signature(_builder(name))
+    return {k: p.default for k, p in sig.parameters.items() if k != "num_classes"}
+
+
+def _builder(name: str) -> Callable[..., SegmentationModel]:
+    if name not in MODELS:
+        close = difflib.get_close_matches(name, MODELS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown model {name!r}{hint}; available: {', '.join(list_models())}")
+    return MODELS[name]
+
+
+def create_model(name: str, num_classes: int, **kwargs: Any) -> SegmentationModel:
+    """Build model ``name`` with ``num_classes`` outputs; unknown keyword arguments are an error."""
+    allowed = model_arguments(name)
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise ConfigError(f"model {name!r} has no argument(s) {unknown}; accepted: {sorted(allowed)}")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
+    return _builder(name)(num_classes, **kwargs)
+
+
+def load_backbone_weights(model: nn.Module, path: str | Path) -> list[str]:
+    """Load ImageNet weights (a torchvision state dict) into the model's backbone."""
+    if not hasattr(model, "load_backbone"):
+        raise ConfigError(f"{type(model).__name__} has no pretrained backbone to load {path} into")
+    return model.load_backbone(path)
+
+
+__all__ = ["create_model", "list_models", "model_arguments", "load_backbone_weights", "SegmentationModel",
+           "MODELS"]

@@ -1,0 +1,51 @@
+"""The contract every model follows: logits at input resolution, for any input size.
+
+Subclasses implement ``forward_padded`` on inputs whose sides are multiples of ``stride``;
+``forward`` pads the input (reflect) up to that multiple and crops the logits back.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class SegmentationModel(nn.Module):
+    """Base class: ``forward(x (N,C,H,W)) -> logits (N,num_classes,H,W)``."""
+
+    stride: int = 32
+
+    def forward_padded(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        s = self.stride
+        ph, pw = (-h) % s, (-w) % s
+        if ph or pw:
+            mode = "reflect" if ph < h and pw < w else "replicate"
+            x = F.pad(x, (0, pw, 0, ph), mode=mode)
+        out = self.forward_padded(x)
+        if out.shape[-2:] != x.shape[-2:]:
+            out = F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return out[..., :h, :w]
+
+
+def conv_bn_relu(cin: int, cout: int, kernel: int = 3, bn: bool = True) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=not bn)]
+    if bn:
+        layers.append(nn.BatchNorm2d(cout))
+    layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+def init_weights(module: nn.Module) -> None:
+    """He initialisation for convolutions, unit BN, zero biases."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

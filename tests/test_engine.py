@@ -1,0 +1,128 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from structseg.config import ScheduleConfig, config_from_dict
+from structseg.engine.checkpoint import load_checkpoint, save_checkpoint
+from structseg.engine.optim import lr_factor
+from structseg.engine.trainer import train
+from structseg.errors import CheckpointError
+
+
+def tiny_config(root, **train):
+    return config_from_dict({
+        "model": {"name": "unet", "args": {"base_channels": 4, "depth": 2}},
+        "data": {"root": str(root), "workers": 0},
+        "augment": {"scale": [0.8, 1.2], "crop_size": [32, 32]},
+        "optimizer": {"name": "sgd", "lr": 0.05},
+        "schedule": {"name": "poly", "warmup_epochs": 1},
+        "train": {"epochs": 3, "batch_size": 4, "val_every": 1, "tensorboard": False, **train},
+    })
+
+
+def test_schedules_by_hand():
+    s = ScheduleConfig(name="poly", power=0.9, warmup_epochs=0)
+    assert lr_factor(s, 0, 10, 100, 0.1) == 1.0
+    assert lr_factor(s, 50, 10, 100, 0.1) == pytest.approx(0.5 ** 0.9)
+    c = ScheduleConfig(name="cosine", min_lr=0.01)
+    assert lr_factor(c, 50, 10, 100, 0.1) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(c, 100, 10, 100, 0.1) == pytest.approx(0.1)
+    e = ScheduleConfig(name="exp", gamma=0.5)
+    assert lr_factor(e, 25, 10, 100, 0.1) == pytest.approx(0.25)  # epoch 2 -> 0.5 ** 2
+    w = ScheduleConfig(name="constant", warmup_epochs=2)
+    assert [lr_factor(w, i, 2, 10, 0.1) for i in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+
+
+def test_checkpoint_is_atomic_and_safe(tmp_path):
+    path = tmp_path / "c.pt"
+    save_checkpoint(path, {"state_dict": {"w": torch.ones(2)}})
+    assert load_checkpoint(path)["state_dict"]["w"].sum() == 2
+
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError):
+        save_checkpoint(path, {"state_dict": Boom()})
+    assert load_checkpoint(path)["state_dict"]["w"].sum() == 2  # old file intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]  # no temporary left behind
+    path.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="c.pt: not a readable checkpoint"):
+        load_checkpoint(path)
+    torch.save({"weights": torch.ones(1)}, path)
+    with pytest.raises(CheckpointError, match="not a structseg checkpoint"):
+        load_checkpoint(path)
+
+
+def _records(run):
+    out = []
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        out.append({k: v for k, v in r.items() if k not in ("images_per_s", "epoch_time_s")})
+    return out
+
+
+def test_resume_continues_exactly(synth_root, tmp_path):
+    cfg = tiny_config(synth_root)
+    train(cfg, tmp_path / "a", progress=False)
+    train(cfg, tmp_path / "b", progress=False, stop_after_epochs=1)
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["train_state"]["epoch"] == 1
+    train(cfg, tmp_path / "b", progress=False)
+    a = load_checkpoint(tmp_path / "a" / "last.pt")
+    b = load_checkpoint(tmp_path / "b" / "last.pt")
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    assert _records(tmp_path / "a") == _records(tmp_path / "b")
+    assert len(_records(tmp_path / "a")) == 3
+    assert (tmp_path / "b" / "curves.png").exists() and (tmp_path / "b" / "config.yaml").exists()
+
+
+def test_run_folder_with_other_model_is_refused(synth_root, tmp_path):
+    train(tiny_config(synth_root, epochs=1), tmp_path / "r", progress=False)
+    other = tiny_config(synth_root, epochs=1)
+    other.model.args["base_channels"] = 8
+    with pytest.raises(CheckpointError, match="run folder holds model"):
+        train(other, tmp_path / "r", progress=False)
+
+
+def test_early_stopping_with_patience(synth_root, tmp_path):
+    cfg = tiny_config(synth_root, epochs=40, patience=2)
+    cfg.optimizer.lr = 0.0  # weights stay put: val mIoU soon stops improving
+    summary = train(cfg, tmp_path / "r", progress=False)
+    records = _records(tmp_path / "r")
+    assert summary["stopped_early"] and len(records) < 40
+    # stops exactly `patience` epochs after the best one, and the best is the max of the log
+    assert len(records) == summary["best_epoch"] + 2
+    assert summary["best_miou"] == max(r["val"]["miou"] for r in records)
+
+
+@pytest.mark.slow
+def test_kill_9_mid_training_loses_at_most_one_epoch(synth_root, tmp_path):
+    run = tmp_path / "run"
+    cfgfile = tmp_path / "c.yaml"
+    cfgfile.write_text(json.dumps(tiny_config(synth_root, epochs=200, val_every=50).to_dict()))
+    proc = subprocess.Popen([sys.executable, "-m", "structseg", "train", str(cfgfile), "--out", str(run), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (run / "metrics.jsonl").exists():
+            time.sleep(0.2)
+        time.sleep(1.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done = load_checkpoint(run / "last.pt")["train_state"]["epoch"]
+    assert 1 <= done < 200
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    lines = len((run / "metrics.jsonl").read_text().splitlines())
+    assert lines in (done, done + 1)  # the log may hold the epoch whose checkpoint was being written
+    cfg = tiny_config(synth_root, epochs=done + 1, val_every=50)
+    summary = train(cfg, run, progress=False)
+    assert len(_records(run)) == done + 1
+    assert math.isfinite(summary["best_miou"])

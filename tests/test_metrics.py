@@ -1,0 +1,54 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from structseg.engine.metrics import ConfusionMatrix
+
+
+def test_confusion_counts_and_metrics_by_hand():
+    # 3 classes, ignore 255. truth / prediction over 10 pixels (2 ignored).
+    t = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 255, 255])
+    p = torch.tensor([0, 0, 1, 1, 2, 2, 2, 0, 1, 2])
+    cm = ConfusionMatrix(3, 255)
+    cm.update(p, t)
+    expected = np.array([[2, 1, 0], [0, 1, 1], [1, 0, 2]])
+    np.testing.assert_array_equal(cm.matrix.numpy(), expected)
+    m = cm.compute()
+    # IoU: c0 = 2/(3+3-2)=0.5, c1 = 1/(2+2-1)=1/3, c2 = 2/(3+3-2)=0.5
+    np.testing.assert_allclose(m["iou"], [0.5, 1 / 3, 0.5])
+    assert m["miou"] == pytest.approx((0.5 + 1 / 3 + 0.5) / 3)
+    assert m["pixel_acc"] == pytest.approx(5 / 8)
+    assert m["mean_acc"] == pytest.approx((2 / 3 + 1 / 2 + 2 / 3) / 3)
+
+
+def test_absent_classes():
+    # class 2 never in truth nor prediction -> excluded; class 3 predicted but absent from truth -> IoU 0
+    cm = ConfusionMatrix(4, 9)
+    cm.update(torch.tensor([[0, 1], [3, 1]]), torch.tensor([[0, 1], [1, 9]]))
+    m = cm.compute()
+    assert m["iou"][0] == 1.0
+    assert m["iou"][1] == pytest.approx(1 / 2)
+    assert math.isnan(m["iou"][2])
+    assert m["iou"][3] == 0.0
+    assert m["miou"] == pytest.approx((1 + 0.5 + 0) / 3)
+    assert math.isnan(m["acc"][2]) and math.isnan(m["acc"][3])
+    assert m["mean_acc"] == pytest.approx((1 + 0.5) / 2)
+
+
+def test_accumulates_over_batches_like_one_matrix():
+    rng = np.random.default_rng(0)
+    t = torch.from_numpy(rng.integers(0, 5, (4, 8, 8)))
+    p = torch.from_numpy(rng.integers(0, 5, (4, 8, 8)))
+    a, b = ConfusionMatrix(5), ConfusionMatrix(5)
+    for i in range(4):
+        a.update(p[i], t[i])
+    b.update(p, t)
+    assert torch.equal(a.matrix, b.matrix)
+    assert int(a.matrix.sum()) == 4 * 64
+
+
+def test_rejects_out_of_range_target():
+    with pytest.raises(ValueError, match="target values"):
+        ConfusionMatrix(3).update(torch.tensor([0]), torch.tensor([7]))

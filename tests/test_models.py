@@ -1,0 +1,104 @@
+import pytest
+import torch
+
+from structseg.errors import CheckpointError, ConfigError
+from structseg.models import create_model, list_models, load_backbone_weights
+from structseg.models.fcn import bilinear_kernel
+from structseg.models.vgg import VGG16Backbone
+
+# torchvision's vgg16 parameter names, written from the architecture (13 convs at these indices,
+# then classifier Linear layers 0, 3, 6)
+VGG16_CONV_INDICES = [0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28]
+VGG16_SHAPES = {f"features.{i}.weight": (o, c, 3, 3) for i, c, o in zip(
+    VGG16_CONV_INDICES, [3, 64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512],
+    [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512])}
+VGG16_SHAPES |= {f"features.{i}.bias": (VGG16_SHAPES[f"features.{i}.weight"][0],) for i in VGG16_CONV_INDICES}
+VGG16_SHAPES |= {"classifier.0.weight": (4096, 25088), "classifier.0.bias": (4096,),
+                 "classifier.3.weight": (4096, 4096), "classifier.3.bias": (4096,),
+                 "classifier.6.weight": (1000, 4096), "classifier.6.bias": (1000,)}
+
+SMALL = {"unet": {"base_channels": 4, "depth": 3}}
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("size", [(37, 53), (64, 64), (17, 90)])
+def test_logits_at_input_resolution_for_odd_sizes(name, size):
+    torch.manual_seed(0)
+    model = create_model(name, 6, **SMALL.get(name, {})).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, *size))
+    assert out.shape == (2, 6, *size)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_backward_reaches_every_parameter(name):
+    model = create_model(name, 3, **SMALL.get(name, {}))
+    out = model(torch.randn(2, 3, 40, 40))
+    (out * torch.randn_like(out)).sum().backward()
+    if name.startswith("fcn"):
+        # score layers start at zero (as in the paper), so only they get gradient on step one
+        assert model.score_fr.weight.grad.abs().sum() > 0
+    else:
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_padding_does_not_leak_across_images():
+    model = create_model("unet", 4, base_channels=4, depth=3).eval()
+    x = torch.randn(2, 3, 33, 47)
+    with torch.no_grad():
+        both = model(x)
+        single = model(x[:1])
+    torch.testing.assert_close(both[:1], single, atol=1e-5, rtol=1e-4)
+
+
+def test_vgg16_parameter_names_match_torchvision():
+    own = {k: tuple(v.shape) for k, v in VGG16Backbone().state_dict().items()}
+    expected = {k: v for k, v in VGG16_SHAPES.items() if not k.startswith("classifier.6")}
+    assert set(own) == set(expected)
+    for k, shape in expected.items():
+        assert own[k][0] == shape[0]
+        assert torch.Size(own[k]).numel() == torch.Size(shape).numel()
+
+
+def test_fcn8s_parameter_count_matches_paper():
+    # FCN-8s (VGG-16, 21 classes): 134.5M parameters (Tiramisu paper table); allow 3 %
+    n = sum(p.numel() for p in create_model("fcn8s", 21).parameters())
+    assert abs(n - 134.5e6) / 134.5e6 < 0.03
+
+
+def test_bilinear_kernel_interpolates():
+    k = bilinear_kernel(1, 4)[0, 0]
+    assert k[1, 1] == pytest.approx(0.5625) and k[0, 0] == pytest.approx(0.0625)
+    up = torch.nn.functional.conv_transpose2d(torch.ones(1, 1, 4, 4), bilinear_kernel(1, 4), stride=2, padding=1)
+    assert torch.allclose(up[0, 0, 1:-1, 1:-1], torch.ones(6, 6))
+
+
+def test_unknown_model_and_argument():
+    with pytest.raises(ConfigError, match=r"unknown model 'fcn9s' \(did you mean 'fcn8s'\?\); available:"):
+        create_model("fcn9s", 3)
+    with pytest.raises(ConfigError, match=r"model 'unet' has no argument\(s\) \['width'\]"):
+        create_model("unet", 3, width=3)
+
+
+@pytest.mark.slow
+def test_torchvision_vgg16_state_dict_loads(tmp_path):
+    torch.manual_seed(0)
+    state = {k: torch.randn(shape) * 0.01 for k, shape in VGG16_SHAPES.items()}
+    torch.save(state, tmp_path / "vgg16.pth")
+    model = create_model("fcn8s", 5)
+    skipped = load_backbone_weights(model, tmp_path / "vgg16.pth")
+    assert skipped == ["classifier.6.bias", "classifier.6.weight"]
+    assert torch.equal(model.backbone.features[28].weight, state["features.28.weight"])
+    assert torch.equal(model.backbone.classifier[0].weight.flatten(1), state["classifier.0.weight"])
+    # fc6 as a 7x7 conv computes the same as the Linear layer on a 7x7 pool5 map
+    pool5 = torch.randn(1, 512, 7, 7)
+    conv = torch.nn.functional.conv2d(pool5, model.backbone.classifier[0].weight, model.backbone.classifier[0].bias)
+    lin = pool5.flatten(1) @ state["classifier.0.weight"].T + state["classifier.0.bias"]
+    torch.testing.assert_close(conv.flatten(1), lin, atol=1e-4, rtol=1e-4)
+    del state["features.0.weight"]
+    torch.save(state, tmp_path / "broken.pth")
+    with pytest.raises(CheckpointError, match="broken.pth: not a torchvision VGG-16 state dict; missing"):
+        load_backbone_weights(create_model("fcn8s", 5), tmp_path / "broken.pth")
+    with pytest.raises(ConfigError, match="has no pretrained backbone"):
+        load_backbone_weights(create_model("unet", 5), tmp_path / "vgg16.pth")
