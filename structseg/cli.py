@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -24,9 +25,14 @@ def cmd_data_check(a: argparse.Namespace) -> int:
 def cmd_train(a: argparse.Namespace) -> None:
     from .config import load_config
     from .engine.trainer import train
-    cfg = load_config(a.config, a.set or [])
+    overrides = list(a.set or [])
+    if a.backbone_weights:
+        overrides.append(f"model.backbone_weights={a.backbone_weights}")
+    cfg = load_config(a.config, overrides)
     out = Path(a.out) if a.out else Path("runs") / Path(a.config).stem
     summary = train(cfg, out, progress=not a.quiet)
+    if int(os.environ.get("RANK", 0)) != 0:
+        return
     if summary["best_checkpoint"]:
         print(f"best val mIoU {summary['best_miou']:.4f} at epoch {summary['best_epoch']}: {summary['best_checkpoint']}")
     print(f"run folder: {out} (last.pt, metrics.jsonl, curves.png)")
@@ -77,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.epochs=10")
     t.add_argument("--out", help="run folder (default runs/CONFIG_NAME)")
+    t.add_argument("--backbone-weights", metavar="FILE",
+                   help="ImageNet weights for the backbone (a torchvision state dict, e.g. vgg16-397923af.pth)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 

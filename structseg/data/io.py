@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import DataError
+from ..errors import CheckpointError, DataError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
 
@@ -83,3 +83,16 @@ def save_png(array: np.ndarray, path: str | Path, palette: list | tuple | None =
         im.putpalette(flat + [0] * (768 - len(flat)))
     with atomic_path(path) as tmp:
         im.save(tmp, format="PNG")
+
+
+def load_torch_file(path: str | Path, what: str = "checkpoint"):
+    """``torch.load`` with ``weights_only=True`` (safe for untrusted files) and one clear error."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: {what} not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file becomes one clear message
+        raise CheckpointError(f"{path}: not a readable {what} ({type(e).__name__}: {str(e)[:200]})") from None

@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from ..data.io import atomic_path
+from ..data.io import atomic_path, load_torch_file
 from ..data.layout import ClassInfo
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from ..models import create_model
 
 FORMAT = "structseg-checkpoint-v1"
@@ -28,13 +28,7 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint safely (``weights_only=True``) and check its format."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file becomes one clear message
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {str(e)[:200]})") from None
+    ckpt = load_torch_file(path, "checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a structseg checkpoint (expected format {FORMAT})")
     return ckpt
@@ -50,7 +44,10 @@ def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint",
     if num_classes is not None and num_classes != spec["num_classes"]:
         raise CheckpointError(
             f"{path}: model has {spec['num_classes']} classes but the dataset has {num_classes}")
-    model = create_model(spec["name"], spec["num_classes"], **spec["args"])
+    try:
+        model = create_model(spec["name"], spec["num_classes"], **spec["args"])
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     state = {k.removeprefix("module."): v.float() if v.is_floating_point() else v
              for k, v in ckpt["state_dict"].items()}
     own = model.state_dict()

@@ -6,9 +6,11 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..data.dataset import SegmentationDataset
 from ..data.io import atomic_path
+from ..data.layout import ClassInfo
 from ..data.transforms import EvalTransform
 from ..errors import CheckpointError
 from .checkpoint import checkpoint_classes, load_checkpoint, model_from_checkpoint
@@ -45,7 +47,7 @@ def format_table(record: dict) -> str:
     return "\n".join(lines)
 
 
-def load_for_dataset(checkpoint: str | Path, dataset_classes) -> tuple[dict, "torch.nn.Module"]:
+def load_for_dataset(checkpoint: str | Path, dataset_classes: ClassInfo) -> tuple[dict, torch.nn.Module]:
     """Load a checkpoint and check it predicts the dataset's classes."""
     ckpt = load_checkpoint(checkpoint)
     model = model_from_checkpoint(ckpt, checkpoint, num_classes=dataset_classes.num_classes)

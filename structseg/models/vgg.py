@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..data.io import load_torch_file
 from ..errors import CheckpointError
 from .base import init_weights
 
@@ -62,13 +63,7 @@ def load_vgg16_weights(backbone: VGG16Backbone, path: str | Path) -> list[str]:
     ``classifier.0``/``classifier.3`` (``Linear``) are reshaped into the fc6/fc7 convolutions;
     ``classifier.6`` (the 1000-way ImageNet layer) is not used.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: backbone weights file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file becomes one clear message
-        raise CheckpointError(f"{path}: cannot read backbone weights ({type(e).__name__}: {e})") from None
+    state = load_torch_file(path, "backbone weights file")
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
