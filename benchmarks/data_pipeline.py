@@ -2,13 +2,15 @@
 
 Measures (1) decoding every PNG of a split (what an uncached epoch would pay), (2) one epoch of
 the cached dataset with the training augmentation (workers 0 and 1), and (3) the training step
-(forward + backward + optimiser) of the config's model on batches of that crop size.
+(forward + backward + optimiser) of the config's model on batches of that crop size, with bf16
+autocast and in fp32.
 
     python benchmarks/data_pipeline.py configs/camvid/unet.yaml [--steps 6]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 
@@ -46,33 +48,38 @@ def main() -> None:
         results[workers] = seen / (time.perf_counter() - t)
 
     device = torch.device("cpu")
-    dtype = amp_dtype(cfg.train.amp, device)
-    model = create_model(cfg.model.name, train_ds.classes.num_classes, **cfg.model.args)
-    model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters())
     x, y = next(iter(torch.utils.data.DataLoader(train_ds, batch_sampler=epoch_batches(n, bs, 0, 0))))
     x = x.contiguous(memory_format=torch.channels_last)
-    times = []
-    for i in range(a.steps + 2):
-        t = time.perf_counter()
-        with autocast(device, dtype):
-            out = model(x)
-        loss = F.cross_entropy(out.float(), y, ignore_index=train_ds.classes.ignore_index)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if i >= 2:
-            times.append(time.perf_counter() - t)
-    times.sort()
-    step = bs / times[len(times) // 2]
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, amp {dtype}")
+    steps = {}
+    for label, dtype in (("bf16 autocast", amp_dtype(cfg.train.amp, device)), ("fp32", None)):
+        torch.manual_seed(0)
+        model = create_model(cfg.model.name, train_ds.classes.num_classes, **cfg.model.args)
+        model = model.to(memory_format=torch.channels_last)
+        opt = torch.optim.AdamW(model.parameters())
+        times = []
+        for i in range(a.steps + 2):
+            t = time.perf_counter()
+            with autocast(device, dtype):
+                out = model(x)
+            loss = F.cross_entropy(out.float(), y, ignore_index=train_ds.classes.ignore_index)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if i >= 2:
+                times.append(time.perf_counter() - t)
+        times.sort()
+        steps[label] = bs / times[len(times) // 2]
+    step = steps["bf16 autocast"]
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}")
     print(f"config: {a.config} ({n} train images, crop {cfg.augment.crop_size}, batch {bs})")
     print(f"{'stage':<44} {'img/s':>8}")
     print(f"{'decode PNG (image + label), no cache':<44} {decode:>8.1f}")
     print(f"{'cached + augmentation, workers=0':<44} {results[0]:>8.1f}")
     print(f"{'cached + augmentation, workers=1':<44} {results[1]:>8.1f}")
-    print(f"{'model train step (median of %d)' % a.steps:<44} {step:>8.1f}")
+    for label, v in steps.items():
+        print(f"{'model train step, %s (median of %d)' % (label, a.steps):<44} {v:>8.1f}")
+    print(f"bf16 speed-up of the train step: {steps['bf16 autocast'] / steps['fp32']:.2f}x")
     print(f"augmentation share of a workers=0 step: {100 * step / results[0]:.1f} %")
 
 

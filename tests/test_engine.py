@@ -162,3 +162,16 @@ def test_checkpoint_whose_weights_do_not_match_its_model(synth_root, tmp_path):
     ckpt["model"]["name"] = "segformer"
     with pytest.raises(CheckpointError, match="x.pt: unknown model 'segformer'"):
         model_from_checkpoint(ckpt, "x.pt")
+
+
+def test_tensorboard_events_written(synth_root, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    train(tiny_config(synth_root, epochs=2, tensorboard=True), tmp_path / "r", progress=False)
+    acc = EventAccumulator(str(tmp_path / "r" / "tb"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"train/train_loss", "train/lr", "val/miou"} <= set(tags)
+    logged = [e.value for e in acc.Scalars("val/miou")]
+    expected = [r["val"]["miou"] for r in _records(tmp_path / "r")]
+    assert logged == pytest.approx(expected)

@@ -188,7 +188,7 @@ def train(cfg: Config, out_dir: str | Path, progress: bool = True, stop_after_ep
                     "config": cfg.to_dict()}
     run_start = time.time()
     epochs_done_here = 0
-    stopped_early = start_epoch < cfg.train.epochs and cfg.train.patience > 0 and bad_epochs >= cfg.train.patience
+    stopped_early = cfg.train.patience > 0 and bad_epochs >= cfg.train.patience  # a resumed run that had stopped
     for epoch in range(start_epoch, cfg.train.epochs):
         if stopped_early or (stop_after_epochs is not None and epochs_done_here >= stop_after_epochs):
             break
