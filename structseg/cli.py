@@ -38,15 +38,43 @@ def cmd_train(a: argparse.Namespace) -> None:
     print(f"run folder: {out} (last.pt, metrics.jsonl, curves.png)")
 
 
+def _crf_params(a: argparse.Namespace):
+    """CRF settings from ``--crf [FILE]`` and ``--crf-set KEY=VALUE`` (None when not asked for)."""
+    if a.crf is None:
+        if a.crf_set:
+            raise StructsegError("--crf-set needs --crf")
+        return None
+    from .crf.postprocess import load_crf_params
+    return load_crf_params(a.crf or None, a.crf_set or [])
+
+
 def cmd_eval(a: argparse.Namespace) -> None:
     from .engine.report import evaluate_checkpoint
-    evaluate_checkpoint(a.checkpoint, a.data, a.split, a.out, panels=a.panels, progress=not a.quiet)
+    evaluate_checkpoint(a.checkpoint, a.data, a.split, a.out, panels=a.panels, progress=not a.quiet,
+                        crf=_crf_params(a), amp=a.amp)
 
 
 def cmd_predict(a: argparse.Namespace) -> None:
     from .engine.predict import predict_paths
-    n = predict_paths(a.checkpoint, a.inputs, a.out, progress=not a.quiet)
+    n = predict_paths(a.checkpoint, a.inputs, a.out, progress=not a.quiet, crf=_crf_params(a), amp=a.amp)
     print(f"wrote {n} label maps and overlays to {a.out}")
+
+
+def _add_inference_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--crf", nargs="?", const="", metavar="FILE",
+                   help="refine with a dense CRF; FILE: its settings (YAML, e.g. from 'structseg crf search')")
+    p.add_argument("--crf-set", action="append", metavar="KEY=VALUE",
+                   help="override a CRF setting, e.g. iterations=10 (keys: iterations, smoothness_weight, "
+                        "smoothness_xy, appearance_weight, appearance_xy, appearance_rgb)")
+    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
+                   help="network precision (default auto: bf16 where the CPU/GPU has it)")
+
+
+def cmd_crf_search(a: argparse.Namespace) -> None:
+    from .crf.postprocess import load_crf_params
+    from .crf.search import run_search
+    base = load_crf_params(None, a.crf_set or [])
+    run_search(a.checkpoint, a.data, a.split, a.out, a.grid, base, a.limit, progress=not a.quiet)
 
 
 def cmd_demo(a: argparse.Namespace) -> None:
@@ -95,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="folder for metrics.json and pictures")
     e.add_argument("--panels", type=int, default=4, help="image | truth | prediction panels to save (default 4)")
     e.add_argument("--quiet", action="store_true")
+    _add_inference_options(e)
     e.set_defaults(func=cmd_eval)
 
     pr = sub.add_parser("predict", help="segment images: label PNG + colour overlay per image")
@@ -102,7 +131,23 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     pr.add_argument("--out", required=True)
     pr.add_argument("--quiet", action="store_true")
+    _add_inference_options(pr)
     pr.set_defaults(func=cmd_predict)
+
+    crf = sub.add_parser("crf", help="dense-CRF tools")
+    csub = crf.add_subparsers(dest="crf_command", required=True)
+    cs = csub.add_parser("search", help="grid-search CRF weights and widths on a validation split")
+    cs.add_argument("checkpoint")
+    cs.add_argument("--data", required=True, help="dataset root")
+    cs.add_argument("--split", required=True, help="split file (a validation split; never the test split)")
+    cs.add_argument("--out", required=True, help="YAML file for the best setting (results go beside it as .json)")
+    cs.add_argument("--grid", action="append", metavar="KEY=V1,V2,...",
+                    help="values to try for one setting (default: appearance_weight=3,5,10 "
+                         "appearance_xy=30,50,80 appearance_rgb=3,5,13)")
+    cs.add_argument("--crf-set", action="append", metavar="KEY=VALUE", help="fixed setting outside the grid")
+    cs.add_argument("--limit", type=int, help="use only the first N images of the split")
+    cs.add_argument("--quiet", action="store_true")
+    cs.set_defaults(func=cmd_crf_search)
 
     d = sub.add_parser("demo", help="synthetic data -> train ~2 min -> evaluate -> pictures")
     d.add_argument("--out", default="structseg-demo", help="demo folder (default ./structseg-demo)")

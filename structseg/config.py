@@ -197,12 +197,18 @@ def apply_override(data: dict, assignment: str) -> None:
     node[parts[-1]] = value
 
 
-def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Build a :class:`Config` from a raw dict plus ``key=value`` overrides."""
+def dataclass_from_dict(cls: type, data: dict | None, overrides: list[str] | tuple[str, ...] = (),
+                        section: str = "") -> Any:
+    """Build dataclass ``cls`` from a raw dict plus ``key=value`` overrides, checking keys and types."""
     data = yaml.safe_load(yaml.safe_dump(data or {}))  # deep copy
     for o in overrides:
         apply_override(data, o)
-    return _from_dict(Config, data, "")
+    return _from_dict(cls, data, section)
+
+
+def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Build a :class:`Config` from a raw dict plus ``key=value`` overrides."""
+    return dataclass_from_dict(Config, data, overrides)
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -114,3 +114,45 @@ def test_data_commands(tmp_path, capsys):
     Image.fromarray(arr).save(lab)
     assert main(["data", "check", str(tmp_path / "s"), "--split", "train.txt"]) == 1
     assert "values [42]" in capsys.readouterr().out
+
+
+def test_crf_search_then_eval_with_the_chosen_setting(trained, synth_root, tmp_path, capsys):
+    _, ckpt = trained
+    best = tmp_path / "crf.yaml"
+    assert main(["crf", "search", str(ckpt), "--data", str(synth_root), "--split", "val.txt", "--out", str(best),
+                 "--grid", "appearance_weight=2,8", "--grid", "appearance_xy=10,40", "--grid", "appearance_rgb=20",
+                 "--crf-set", "iterations=3", "--quiet"]) == 0
+    report = json.loads(best.with_suffix(".json").read_text())
+    assert len(report["results"]) == 4
+    top = max(report["results"], key=lambda r: r["miou"])
+    chosen = yaml.safe_load(best.read_text())
+    assert chosen == top["params"] and chosen["iterations"] == 3
+    capsys.readouterr()
+    out = tmp_path / "eval"
+    assert main(["eval", str(ckpt), "--data", str(synth_root), "--split", "val.txt", "--out", str(out),
+                 "--crf", str(best), "--quiet"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["miou"] == pytest.approx(top["miou"], abs=1e-9)
+    assert m["crf"] == chosen
+    # the search's "no CRF" row is the plain evaluation
+    assert main(["eval", str(ckpt), "--data", str(synth_root), "--split", "val.txt", "--out", str(tmp_path / "plain"),
+                 "--panels", "0", "--quiet"]) == 0
+    plain = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    assert report["baseline"]["miou"] == pytest.approx(plain["miou"], abs=1e-9)
+    assert plain["crf"] is None
+
+
+def test_crf_flags_errors(trained, synth_root, tmp_path, capsys):
+    _, ckpt = trained
+    img = str(synth_root / "images" / "0000.png")
+    assert "crf.iteration" in run_error(["predict", str(ckpt), img, "--out", str(tmp_path / "p"), "--crf",
+                                         "--crf-set", "iteration=3"], capsys)
+    assert "--crf-set needs --crf" in run_error(["predict", str(ckpt), img, "--out", str(tmp_path / "p"),
+                                                  "--crf-set", "iterations=3"], capsys)
+    assert "must be positive" in run_error(["predict", str(ckpt), img, "--out", str(tmp_path / "p"), "--crf",
+                                            "--crf-set", "appearance_xy=0"], capsys)
+    assert "missing.yaml: CRF parameter file not found" in run_error(
+        ["eval", str(ckpt), "--data", str(synth_root), "--split", "val.txt", "--crf", str(tmp_path / "missing.yaml")],
+        capsys)
+    assert main(["predict", str(ckpt), img, "--out", str(tmp_path / "p"), "--crf", "--quiet"]) == 0
+    assert (tmp_path / "p" / "0000.png").exists()

@@ -1,6 +1,9 @@
 """Whole-split evaluation: one confusion matrix at the labels' full resolution."""
 from __future__ import annotations
 
+from typing import Callable
+
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -8,6 +11,8 @@ from ..data.dataset import SegmentationDataset
 from .distributed import is_main, rank_slice
 from .metrics import ConfusionMatrix
 from .runtime import autocast
+
+Refiner = Callable[[torch.Tensor, np.ndarray], torch.Tensor]
 
 
 @torch.no_grad()
@@ -24,10 +29,12 @@ def predict_logits(model: torch.nn.Module, images: torch.Tensor, device: torch.d
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset: SegmentationDataset, device: torch.device,
              dtype: torch.dtype | None = None, channels_last: bool = False, progress: bool = True,
-             desc: str = "eval") -> ConfusionMatrix:
+             desc: str = "eval", refine: Refiner | None = None) -> ConfusionMatrix:
     """Predict every image of ``dataset`` (with an eval transform) and accumulate the confusion matrix.
 
-    Under ``torchrun`` each process takes a slice of the split and the matrices are summed.
+    ``refine(logits, image)`` (e.g. a dense CRF) maps the network's ``(1, C, H, W)`` logits and the
+    raw ``uint8 (H, W, 3)`` image to refined scores before the argmax. Under ``torchrun`` each
+    process takes a slice of the split and the matrices are summed.
     """
     was_training = model.training
     model.eval()
@@ -36,6 +43,8 @@ def evaluate(model: torch.nn.Module, dataset: SegmentationDataset, device: torch
     for i in tqdm(indices, desc=desc, unit="img", disable=not (progress and is_main()), leave=False):
         image, label = dataset[i]
         logits = predict_logits(model, image[None], device, dtype, channels_last)
+        if refine is not None:
+            logits = refine(logits, dataset.load(i)[0])
         cm.update(logits.argmax(1)[0].cpu(), label)
     cm.all_reduce()
     model.train(was_training)

@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..crf.dense_crf import CRFParams
+from ..crf.postprocess import crf_refiner
 from ..data.io import IMAGE_EXTENSIONS, atomic_path, load_image, save_png
 from ..data.transforms import normalize
 from ..errors import DataError
@@ -39,32 +41,38 @@ def collect_images(inputs: list[str | Path]) -> list[Path]:
 class Predictor:
     """Segments RGB images with a trained checkpoint (normalisation and classes come from it)."""
 
-    def __init__(self, checkpoint: str | Path, device: torch.device | None = None):
+    def __init__(self, checkpoint: str | Path, device: torch.device | None = None, crf: CRFParams | None = None,
+                 amp: str = "auto"):
         ckpt = load_checkpoint(checkpoint)
         self.classes = checkpoint_classes(ckpt)
         self.mean = tuple(ckpt["normalization"]["mean"])
         self.std = tuple(ckpt["normalization"]["std"])
         self.device = device or pick_device()
-        self.dtype = amp_dtype("auto", self.device)
+        self.dtype = amp_dtype(amp, self.device)
         self.model = model_from_checkpoint(ckpt, checkpoint).to(self.device).eval()
+        self.refine = crf_refiner(crf) if crf is not None else None
 
-    def logits(self, image: np.ndarray) -> torch.Tensor:
-        """``(C, H, W)`` float logits for a ``uint8 (H, W, 3)`` image."""
+    def scores(self, image: np.ndarray) -> torch.Tensor:
+        """``(C, H, W)`` class scores for a ``uint8 (H, W, 3)`` image: logits, or CRF marginals."""
         x = torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)
-        return predict_logits(self.model, normalize(x, self.mean, self.std)[None], self.device, self.dtype)[0].cpu()
+        out = predict_logits(self.model, normalize(x, self.mean, self.std)[None], self.device, self.dtype)
+        if self.refine is not None:
+            out = self.refine(out, image)
+        return out[0].cpu()
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """``uint8 (H, W)`` class indices."""
-        return self.logits(image).argmax(0).numpy().astype(np.uint8)
+        return self.scores(image).argmax(0).numpy().astype(np.uint8)
 
 
-def predict_paths(checkpoint: str | Path, inputs: list[str | Path], out: str | Path, progress: bool = True) -> int:
+def predict_paths(checkpoint: str | Path, inputs: list[str | Path], out: str | Path, progress: bool = True,
+                  crf: CRFParams | None = None, amp: str = "auto") -> int:
     """Write ``OUT/<stem>.png`` (class indices, palette PNG) and ``OUT/<stem>_overlay.png`` per image."""
     from PIL import Image
 
     from ..viz.overlay import overlay
     files = collect_images(inputs)
-    predictor = Predictor(checkpoint)
+    predictor = Predictor(checkpoint, crf=crf, amp=amp)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for f in tqdm(files, desc="predict", unit="img", disable=not progress, leave=False):

@@ -1,6 +1,7 @@
 """``structseg eval``: metrics of a checkpoint on a split, printed and saved with pictures."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -14,7 +15,9 @@ from ..data.layout import ClassInfo
 from ..data.transforms import EvalTransform
 from ..errors import CheckpointError
 from .checkpoint import checkpoint_classes, load_checkpoint, model_from_checkpoint
-from .evaluate import evaluate, predict_logits
+from ..crf.dense_crf import CRFParams
+from ..crf.postprocess import crf_refiner
+from .evaluate import Refiner, evaluate, predict_logits
 from .metrics import ConfusionMatrix
 from .runtime import amp_dtype, pick_device
 
@@ -59,28 +62,33 @@ def load_for_dataset(checkpoint: str | Path, dataset_classes: ClassInfo) -> tupl
 
 
 def evaluate_checkpoint(checkpoint: str | Path, root: str | Path, split: str, out: str | Path | None = None,
-                        panels: int = 4, progress: bool = True) -> dict:
-    """Evaluate ``checkpoint`` on ``ROOT/SPLIT``; print the table; write metrics and pictures to ``out``."""
+                        panels: int = 4, progress: bool = True, crf: CRFParams | None = None,
+                        amp: str = "auto") -> dict:
+    """Evaluate ``checkpoint`` on ``ROOT/SPLIT``; print the table; write metrics and pictures to ``out``.
+
+    ``crf`` refines every prediction with a dense CRF (post-processing) before scoring.
+    """
     dataset = SegmentationDataset(root, split, cache=False)
     ckpt, model = load_for_dataset(checkpoint, dataset.classes)
     norm = ckpt["normalization"]
     dataset.transform = EvalTransform(tuple(norm["mean"]), tuple(norm["std"]))
     device = pick_device()
-    dtype = amp_dtype("auto", device)
+    dtype = amp_dtype(amp, device)
     model.to(device).eval()
-    cm = evaluate(model, dataset, device, dtype, progress=progress, desc=f"eval {split}")
+    refine = crf_refiner(crf) if crf is not None else None
+    cm = evaluate(model, dataset, device, dtype, progress=progress, desc=f"eval {split}", refine=refine)
     names = list(dataset.classes.names)
     record = {"checkpoint": str(checkpoint), "data": str(root), "split": split, "num_images": len(dataset),
-              **metrics_record(cm, names)}
+              "crf": dataclasses.asdict(crf) if crf is not None else None, **metrics_record(cm, names)}
     print(format_table(record))
     if out is not None:
-        write_eval_outputs(record, dataset, model, device, dtype, Path(out), panels)
+        write_eval_outputs(record, dataset, model, device, dtype, Path(out), panels, refine)
         print(f"wrote {Path(out) / 'metrics.json'}, confusion.png, per_class_iou.png, panels/")
     return record
 
 
 def write_eval_outputs(record: dict, dataset: SegmentationDataset, model, device, dtype, out: Path,
-                       panels: int) -> None:
+                       panels: int, refine: Refiner | None = None) -> None:
     from ..viz.overlay import panel
     from ..viz.plots import class_bars, confusion_heatmap
     out.mkdir(parents=True, exist_ok=True)
@@ -93,7 +101,8 @@ def write_eval_outputs(record: dict, dataset: SegmentationDataset, model, device
         for i in np.linspace(0, len(dataset) - 1, min(panels, len(dataset))).round().astype(int):
             image, label = dataset.load(int(i))
             x, _ = dataset[int(i)]
-            pred = predict_logits(model, x[None], device, dtype).argmax(1)[0].numpy()
+            scores = predict_logits(model, x[None], device, dtype)
+            pred = (refine(scores, image) if refine else scores).argmax(1)[0].cpu().numpy()
             panel(image, label, pred, dataset.classes.palette, dataset.classes.ignore_index,
                   out / "panels" / f"{dataset.pairs[i][0].stem}.png")
     with atomic_path(out / "metrics.json") as tmp:

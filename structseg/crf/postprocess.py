@@ -1,0 +1,49 @@
+"""Dense CRF as post-processing: parameters from a YAML file or flags, and a refiner for eval/predict."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from ..config import dataclass_from_dict
+from ..data.io import atomic_path
+from ..errors import ConfigError
+from .dense_crf import CRFParams, DenseCRF
+
+
+def load_crf_params(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> CRFParams:
+    """CRF settings from ``path`` (YAML with :class:`CRFParams` keys; None: defaults) and ``key=value``."""
+    data = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: CRF parameter file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    try:
+        params = dataclass_from_dict(CRFParams, data, overrides, "crf")
+        params.validate()
+    except (ConfigError, ValueError) as e:
+        raise ConfigError(f"{path or 'CRF parameters'}: {e}") from None
+    return params
+
+
+def save_crf_params(params: CRFParams, path: str | Path) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(dataclasses.asdict(params), sort_keys=False))
+
+
+def crf_refiner(params: CRFParams):
+    """A ``refine(logits (1,C,H,W), image uint8 (H,W,3)) -> probabilities`` for evaluation/prediction."""
+    crf = DenseCRF(params)
+
+    def refine(logits: torch.Tensor, image: np.ndarray) -> torch.Tensor:
+        img = torch.from_numpy(np.ascontiguousarray(image)).to(logits.device).permute(2, 0, 1)[None].float()
+        return crf(img, logits=logits.float())
+
+    return refine
