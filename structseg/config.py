@@ -24,6 +24,7 @@ class ModelConfig:
     name: str = "unet"
     args: dict[str, Any] = field(default_factory=dict)
     backbone_weights: str | None = None
+    crf: dict[str, Any] | None = None  # CRF-as-RNN on top: iterations, *_weight, *_xy, appearance_rgb
 
 
 @dataclass
@@ -211,15 +212,23 @@ def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) ->
     return dataclass_from_dict(Config, data, overrides)
 
 
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Read a YAML config (relative paths in it are relative to the current directory)."""
+def read_yaml(path: str | Path, what: str = "file") -> dict:
+    """The mapping in a YAML file; a missing file or bad YAML is a :class:`ConfigError` naming it."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
+        raise ConfigError(f"{path}: {what} not found")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a YAML config (relative paths in it are relative to the current directory)."""
+    data = read_yaml(path, "config file")
     try:
         return config_from_dict(data, overrides)
     except ConfigError as e:

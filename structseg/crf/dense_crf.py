@@ -29,7 +29,7 @@ class _NormalisedFilter(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        return ctx.lattice.filter(grad * ctx.norm, transpose=True) * ctx.norm, None, None
+        return (ctx.lattice.filter(grad.contiguous() * ctx.norm, transpose=True) * ctx.norm).contiguous(), None, None
 
 
 class GaussianKernel:
@@ -124,12 +124,14 @@ def unary_from_probabilities(probs: torch.Tensor, clip: float = 1e-5) -> torch.T
 
 
 def mean_field(unary: torch.Tensor, image: torch.Tensor, params: CRFParams,
-               compatibility: torch.Tensor | None = None) -> torch.Tensor:
+               compatibility: torch.Tensor | None = None,
+               weights: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Mean-field inference; returns ``Q`` ``(B, C, H, W)``.
 
     ``unary`` is the energy ``U`` (e.g. ``-log p``); ``image`` is RGB in 0-255. ``compatibility``
     (optional, ``(C, C)``) is the label-compatibility *penalty* ``mu`` applied to both kernels;
     by default Potts, ``mu = 1 - I`` (equivalently a reward of the weight on agreeing labels).
+    ``weights`` (optional tensors) replace the smoothness and appearance weights, e.g. learned ones.
     """
     params.validate()
     unary, image = _check_inputs(unary, image)
@@ -146,12 +148,13 @@ def mean_field(unary: torch.Tensor, image: torch.Tensor, params: CRFParams,
         qs = q.transpose(0, 1).reshape(h * w, b * c)  # batch into channels: one shared lattice
         ks = smooth(qs[None])[0].reshape(h * w, b, c).transpose(0, 1)
         ka = appear(q)
-        message = params.smoothness_weight * ks + params.appearance_weight * ka
+        ws, wa = weights if weights is not None else (params.smoothness_weight, params.appearance_weight)
+        message = ws * ks + wa * ka
         if compatibility is None:
             q = torch.softmax(message - u, dim=2)
         else:
             q = torch.softmax(-u - message @ compatibility.T.to(message.dtype), dim=2)
-    return q.transpose(1, 2).reshape(b, c, h, w)
+    return q.transpose(1, 2).reshape(b, c, h, w).contiguous()
 
 
 class DenseCRF(torch.nn.Module):

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 import yaml
 
-from ..config import dataclass_from_dict
+from ..config import dataclass_from_dict, read_yaml
 from ..data.io import atomic_path
 from ..errors import ConfigError
 from .dense_crf import CRFParams, DenseCRF
@@ -16,15 +16,7 @@ from .dense_crf import CRFParams, DenseCRF
 
 def load_crf_params(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> CRFParams:
     """CRF settings from ``path`` (YAML with :class:`CRFParams` keys; None: defaults) and ``key=value``."""
-    data = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: CRF parameter file not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    data = read_yaml(path, "CRF parameter file") if path is not None else {}
     try:
         params = dataclass_from_dict(CRFParams, data, overrides, "crf")
         params.validate()

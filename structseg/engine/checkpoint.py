@@ -34,6 +34,19 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+def build_model(spec: dict, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.nn.Module:
+    """The network a model spec describes: ``create_model(name, num_classes, **args)``, wrapped in
+    :class:`CRFasRNN` when ``spec["crf"]`` holds CRF settings (``mean``/``std`` undo the input
+    normalisation for the CRF's colour features)."""
+    model = create_model(spec["name"], spec["num_classes"], **spec["args"])
+    if spec.get("crf") is not None:
+        from ..crf.crfasrnn import CRFasRNN
+        from ..crf.postprocess import load_crf_params
+        params = load_crf_params(None, [f"{k}={v}" for k, v in spec["crf"].items()])
+        model = CRFasRNN(model, spec["num_classes"], params, mean, std)
+    return model
+
+
 def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint",
                           num_classes: int | None = None) -> torch.nn.Module:
     """Rebuild the model a checkpoint describes and load its weights.
@@ -44,8 +57,10 @@ def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint",
     if num_classes is not None and num_classes != spec["num_classes"]:
         raise CheckpointError(
             f"{path}: model has {spec['num_classes']} classes but the dataset has {num_classes}")
+    norm = ckpt.get("normalization", {})
     try:
-        model = create_model(spec["name"], spec["num_classes"], **spec["args"])
+        model = build_model(spec, tuple(norm.get("mean", (0.485, 0.456, 0.406))),
+                            tuple(norm.get("std", (0.229, 0.224, 0.225))))
     except ConfigError as e:
         raise CheckpointError(f"{path}: {e}") from None
     state = {k.removeprefix("module."): v.float() if v.is_floating_point() else v

@@ -25,8 +25,8 @@ from ..data.io import atomic_path
 from ..data.layout import read_classes
 from ..data.transforms import EvalTransform, TrainTransform
 from ..errors import CheckpointError, ConfigError, StructsegError
-from ..models import create_model, load_backbone_weights
-from .checkpoint import load_checkpoint, save_checkpoint
+from ..models import load_backbone_weights
+from .checkpoint import build_model, load_checkpoint, save_checkpoint
 from .distributed import all_reduce_mean, barrier, init_distributed, is_main, rank, world_size
 from .evaluate import evaluate
 from .optim import build_optimizer, lr_factor
@@ -133,9 +133,9 @@ def train(cfg: Config, out_dir: str | Path, progress: bool = True, stop_after_ep
     classes = read_classes(cfg.data.root)
     c = classes.num_classes
     torch.manual_seed(cfg.train.seed)
-    model = create_model(cfg.model.name, c, **cfg.model.args)  # fails fast on a bad model config
+    model_spec = {"name": cfg.model.name, "args": dict(cfg.model.args), "num_classes": c, "crf": cfg.model.crf}
+    model = build_model(model_spec, tuple(cfg.data.mean), tuple(cfg.data.std))  # fails fast on a bad config
     train_ds, val_ds = build_datasets(cfg, progress)
-    model_spec = {"name": cfg.model.name, "args": dict(cfg.model.args), "num_classes": c}
 
     ckpt_last = out_dir / "last.pt"
     state = None
@@ -146,7 +146,7 @@ def train(cfg: Config, out_dir: str | Path, progress: bool = True, stop_after_ep
                                   f"{model_spec}; use another --out folder")
         model.load_state_dict(state["state_dict"])
     elif cfg.model.backbone_weights:
-        load_backbone_weights(model, cfg.model.backbone_weights)
+        load_backbone_weights(getattr(model, "net", model), cfg.model.backbone_weights)
     if is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out_dir / "config.yaml")
@@ -212,6 +212,7 @@ def train(cfg: Config, out_dir: str | Path, progress: bool = True, stop_after_ep
             with autocast(device, dtype):
                 logits = net(images)
             loss = F.cross_entropy(logits.float(), labels, weight=weights, ignore_index=classes.ignore_index)
+            # (a CRF-as-RNN model returns log-marginals; cross-entropy's log-softmax leaves them unchanged)
             if not torch.isfinite(loss):
                 raise StructsegError(f"training diverged at epoch {epoch + 1}, step {step}: loss is {loss.item()}; "
                                      "lower optimizer.lr or add schedule.warmup_epochs")
