@@ -169,3 +169,42 @@ def test_bad_inputs():
         crf(img, probs=probs)
     with pytest.raises(ValueError, match="exactly one of"):
         crf(img)
+
+
+def test_crfasrnn_trains_end_to_end_from_a_config(synth_root, tmp_path):
+    from structseg.config import config_from_dict
+    from structseg.crf.crfasrnn import CRFasRNN
+    from structseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from structseg.engine.trainer import train
+    cfg = config_from_dict({
+        "model": {"name": "unet", "args": {"base_channels": 4, "depth": 2},
+                  "crf": {"iterations": 2, "appearance_xy": 10.0}},
+        "data": {"root": str(synth_root), "workers": 0},
+        "augment": {"crop_size": [32, 32]},
+        "optimizer": {"name": "adamw", "lr": 0.01},
+        "train": {"epochs": 2, "batch_size": 4, "tensorboard": False},
+    })
+    summary = train(cfg, tmp_path / "run", progress=False)
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert ckpt["model"]["crf"] == {"iterations": 2, "appearance_xy": 10.0}
+    state = ckpt["state_dict"]
+    # the CRF's own parameters were trained
+    assert not torch.equal(state["compatibility"], 1 - torch.eye(5))
+    assert state["appearance_weight"] != 10.0
+    model = model_from_checkpoint(ckpt, "last.pt")
+    assert isinstance(model, CRFasRNN) and model.params.iterations == 2
+    with torch.no_grad():
+        out = model.eval()(torch.randn(2, 3, 21, 27))
+    assert out.shape == (2, 5, 21, 27)
+    torch.testing.assert_close(out.exp().sum(1), torch.ones(2, 21, 27), atol=1e-4, rtol=0)
+    assert 0 <= summary["best_miou"] <= 1
+
+
+def test_bad_crf_section_in_config(synth_root, tmp_path):
+    from structseg.config import config_from_dict
+    from structseg.engine.trainer import train
+    from structseg.errors import ConfigError
+    cfg = config_from_dict({"model": {"name": "unet", "crf": {"iteration": 2}}, "data": {"root": str(synth_root)}})
+    with pytest.raises(ConfigError, match="unknown config key 'crf.iteration'"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
