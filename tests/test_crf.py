@@ -208,3 +208,25 @@ def test_bad_crf_section_in_config(synth_root, tmp_path):
     with pytest.raises(ConfigError, match="unknown config key 'crf.iteration'"):
         train(cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("iterations", [1, 5])
+def test_parity_with_pydensecrf(iterations):
+    """Same lattice, same normalisation, same update: pydensecrf's marginals to float32 precision."""
+    dcrf = pytest.importorskip("pydensecrf.densecrf")
+    import numpy as np
+    h, w, c = 40, 52, 6
+    image = tiny_image(7, h, w)[0].round().to(torch.uint8).permute(1, 2, 0).numpy().copy()
+    g = torch.Generator().manual_seed(iterations)
+    probs = torch.softmax(torch.randn(c, h, w, generator=g) * 2, 0).numpy().astype(np.float32)
+    unary = -np.log(np.clip(probs, 1e-5, None)).reshape(c, -1)
+    d = dcrf.DenseCRF2D(w, h, c)
+    d.setUnaryEnergy(np.ascontiguousarray(unary))
+    d.addPairwiseGaussian(sxy=3, compat=3)
+    d.addPairwiseBilateral(sxy=20, srgb=13, rgbim=image, compat=10)
+    theirs = np.array(d.inference(iterations)).reshape(c, h, w)
+    ours = mean_field(torch.from_numpy(unary.reshape(c, h, w))[None],
+                      torch.from_numpy(image).permute(2, 0, 1)[None].float(),
+                      CRFParams(iterations=iterations, appearance_xy=20.0))[0].numpy()
+    assert np.abs(ours - theirs).max() < 1e-4
+    assert (ours.argmax(0) == theirs.argmax(0)).mean() == 1.0
