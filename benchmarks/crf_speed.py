@@ -1,0 +1,159 @@
+"""Dense-CRF speed and agreement: structseg's pure-PyTorch lattice vs pydensecrf on the same input.
+
+Input: a real CamVid frame (480x360, and the same frame upscaled to 960x720) and a simulated
+network output, softmax(4 * onehot(label) + N(0, 1) + 1.5 * smooth noise), with 11 classes or
+21 (10 extra noise-only channels); Krähenbühl's settings (smoothness 3/3, appearance 10/80/13).
+Both sides are timed end to end: unary from probabilities, lattice construction, N mean-field
+iterations, argmax. Reported: median of --repeats runs (after one warm-up), the share of
+identical labels, and forward+backward time of our CRF (gradient w.r.t. the unaries).
+Before every timed block the script waits until the machine is idle (< 10 % busy).
+
+    pip install -e ".[bench]"        # pydensecrf2, the reference
+    python benchmarks/crf_speed.py [--repeats 5] [--device cpu|cuda] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from structseg.crf.dense_crf import CRFParams, mean_field, unary_from_probabilities
+from structseg.data.io import load_image, load_label
+
+ROOT = Path(__file__).resolve().parents[1]
+CAMVID = ROOT.parent / "shared" / "data" / "camvid"
+FRAME = "val/0016E5_07959.png"
+
+
+def cpu_busy(interval: float = 0.5) -> float:
+    def snap():
+        vals = list(map(int, open("/proc/stat").readline().split()[1:]))
+        return sum(vals), vals[3] + vals[4]
+    t0, i0 = snap()
+    time.sleep(interval)
+    t1, i1 = snap()
+    return 1.0 - (i1 - i0) / max(1, t1 - t0)
+
+
+def wait_idle(threshold: float = 0.10, timeout: float = 120.0) -> None:
+    end = time.time() + timeout
+    while time.time() < end and cpu_busy() > threshold:
+        pass
+
+
+def make_input(scale: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    image = load_image(CAMVID / FRAME)
+    label = load_label(CAMVID / FRAME.replace("val/", "valannot/"))
+    if scale > 1:
+        from PIL import Image
+        h, w = label.shape
+        image = np.array(Image.fromarray(image).resize((w * scale, h * scale), Image.BICUBIC))
+        label = np.array(Image.fromarray(label).resize((w * scale, h * scale), Image.NEAREST))
+    h, w = label.shape
+    g = torch.Generator().manual_seed(seed)
+    lab = torch.from_numpy(label.astype(np.int64))
+    boost = F.one_hot(lab.clamp(max=10), classes).permute(2, 0, 1).float() * 4 * (lab < 11)
+    smooth = F.avg_pool2d(torch.randn(1, classes, h, w, generator=g), 8 * scale + 1, 1, 4 * scale)[0]
+    smooth = smooth / smooth.std()
+    logits = boost + torch.randn(classes, h, w, generator=g) + 1.5 * smooth
+    return image, torch.softmax(logits, 0).numpy().astype(np.float32), label
+
+
+def run_pydensecrf(image, probs, it, p: CRFParams):
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_softmax
+    c, h, w = probs.shape
+    d = dcrf.DenseCRF2D(w, h, c)
+    d.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
+    d.addPairwiseGaussian(sxy=p.smoothness_xy, compat=p.smoothness_weight)
+    d.addPairwiseBilateral(sxy=p.appearance_xy, srgb=p.appearance_rgb, rgbim=image, compat=p.appearance_weight)
+    q = np.array(d.inference(it)).reshape(c, h, w)
+    return q.argmax(0)
+
+
+def run_ours(image_t, probs_t, it, p: CRFParams):
+    with torch.no_grad():
+        q = mean_field(unary_from_probabilities(probs_t), image_t, p)
+    return q.argmax(1)[0].cpu().numpy()
+
+
+def run_ours_backward(image_t, probs_t, it, p: CRFParams):
+    u = unary_from_probabilities(probs_t).requires_grad_(True)
+    q = mean_field(u, image_t, p)
+    q.square().sum().backward()
+    return u.grad
+
+
+def timed(fn, repeats: int, sync=lambda: None):
+    fn()  # warm-up (also fills the position-lattice cache, as in steady use)
+    times = []
+    for _ in range(repeats):
+        wait_idle()
+        t = time.perf_counter()
+        out = fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    ap.add_argument("--json", help="also write the rows as JSON")
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = torch.device(a.device)
+    sync = (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)
+    try:
+        import pydensecrf  # noqa: F401
+        have_ref = device.type == "cpu"
+    except ImportError:
+        have_ref = False
+        print("pydensecrf not installed (pip install -e '.[bench]'): timing structseg only")
+    rows = []
+    for scale in (1, 2):
+        for classes in (11, 21):
+            image, probs, label = make_input(scale, classes)
+            image_t = torch.from_numpy(image).permute(2, 0, 1)[None].float().to(device)
+            probs_t = torch.from_numpy(probs)[None].to(device)
+            for it in (5, 10):
+                p = CRFParams(iterations=it)
+                t_ours, ours = timed(lambda: run_ours(image_t, probs_t, it, p), a.repeats, sync)
+                t_bwd, _ = timed(lambda: run_ours_backward(image_t, probs_t, it, p), a.repeats, sync)
+                row = {"size": f"{image.shape[1]}x{image.shape[0]}", "classes": classes, "iterations": it,
+                       "ours_ms": 1000 * t_ours, "ours_fwd_bwd_ms": 1000 * t_bwd}
+                if have_ref:
+                    t_ref, ref = timed(lambda: run_pydensecrf(image, probs, it, p), a.repeats)
+                    row |= {"pydensecrf_ms": 1000 * t_ref, "speedup": t_ref / t_ours,
+                            "identical_labels": float((ref == ours).mean())}
+                valid = label < 11
+                row["pixel_acc_unary"] = float((probs.argmax(0) == label)[valid].mean())
+                row["pixel_acc_crf"] = float((ours == label)[valid].mean())
+                rows.append(row)
+                print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+    print(f"\nmachine: {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"device {device}; median of {a.repeats}")
+    head = "| size | C | it | pydensecrf ms | structseg ms | speed-up | identical labels | structseg fwd+bwd ms |"
+    print(head + "\n|" + "---|" * 8)
+    for r in rows:
+        ref = f"{r['pydensecrf_ms']:.0f}" if "pydensecrf_ms" in r else "-"
+        sp = f"{r['speedup']:.2f}x" if "speedup" in r else "-"
+        same = f"{100 * r['identical_labels']:.3f} %" if "identical_labels" in r else "-"
+        print(f"| {r['size']} | {r['classes']} | {r['iterations']} | {ref} | {r['ours_ms']:.0f} | {sp} | {same} | "
+              f"{r['ours_fwd_bwd_ms']:.0f} |")
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
