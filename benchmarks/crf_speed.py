@@ -14,6 +14,7 @@ Before every timed block the script waits until the machine is idle (< 10 % busy
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
 import statistics
@@ -114,12 +115,9 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     device = torch.device(a.device)
     sync = (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)
-    try:
-        import pydensecrf  # noqa: F401
-        have_ref = device.type == "cpu"
-    except ImportError:
-        have_ref = False
-        print("pydensecrf not installed (pip install -e '.[bench]'): timing structseg only")
+    have_ref = importlib.util.find_spec("pydensecrf") is not None and device.type == "cpu"
+    if not have_ref:
+        print("pydensecrf not installed (pip install -e '.[bench]') or not on CPU: timing structseg only")
     rows = []
     for scale in (1, 2):
         for classes in (11, 21):
