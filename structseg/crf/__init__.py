@@ -1,0 +1,6 @@
+"""Structured inference: the fully connected CRF (permutohedral lattice, mean field, CRF-as-RNN)."""
+from .crfasrnn import CRFasRNN
+from .dense_crf import CRFParams, DenseCRF, mean_field, unary_from_probabilities
+from .lattice import PermutohedralLattice
+
+__all__ = ["CRFasRNN", "CRFParams", "DenseCRF", "PermutohedralLattice", "mean_field", "unary_from_probabilities"]
