@@ -18,14 +18,18 @@ from .base import init_weights
 VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
 
-def make_vgg_features(in_channels: int = 3) -> nn.Sequential:
+def make_vgg_features(in_channels: int = 3, batch_norm: bool = False) -> nn.Sequential:
+    """torchvision's ``vgg16`` (or ``vgg16_bn``) ``features``: same layers, same indices."""
     layers: list[nn.Module] = []
     c = in_channels
     for v in VGG16_CFG:
         if v == "M":
             layers.append(nn.MaxPool2d(2, 2, ceil_mode=True))
         else:
-            layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU(inplace=True)]
+            layers.append(nn.Conv2d(c, v, 3, padding=1))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(v))
+            layers.append(nn.ReLU(inplace=True))
             c = v
     return nn.Sequential(*layers)
 
