@@ -10,7 +10,10 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 from .base import SegmentationModel
+from .enet import ENet
+from .fcdensenet import FCDenseNet
 from .fcn import FCN
+from .segnet import SegNet
 from .unet import UNet
 
 
@@ -31,11 +34,36 @@ def unet(num_classes: int, in_channels: int = 3, base_channels: int = 32, depth:
     return UNet(num_classes, in_channels, base_channels, depth, bilinear, dropout)
 
 
+def segnet(num_classes: int, in_channels: int = 3) -> SegNet:
+    return SegNet(num_classes, in_channels)
+
+
+def enet(num_classes: int, in_channels: int = 3) -> ENet:
+    return ENet(num_classes, in_channels)
+
+
+def fcdensenet56(num_classes: int, in_channels: int = 3, dropout: float = 0.2) -> FCDenseNet:
+    return FCDenseNet(num_classes, in_channels, (4,) * 5, 4, growth_rate=12, dropout=dropout)
+
+
+def fcdensenet67(num_classes: int, in_channels: int = 3, dropout: float = 0.2) -> FCDenseNet:
+    return FCDenseNet(num_classes, in_channels, (5,) * 5, 5, growth_rate=16, dropout=dropout)
+
+
+def fcdensenet103(num_classes: int, in_channels: int = 3, dropout: float = 0.2) -> FCDenseNet:
+    return FCDenseNet(num_classes, in_channels, (4, 5, 7, 10, 12), 15, growth_rate=16, dropout=dropout)
+
+
 MODELS: dict[str, Callable[..., SegmentationModel]] = {
     "fcn32s": fcn32s,
     "fcn16s": fcn16s,
     "fcn8s": fcn8s,
     "unet": unet,
+    "segnet": segnet,
+    "enet": enet,
+    "fcdensenet56": fcdensenet56,
+    "fcdensenet67": fcdensenet67,
+    "fcdensenet103": fcdensenet103,
 }
 
 

@@ -61,6 +61,23 @@ class VGG16Backbone(nn.Module):
         return out
 
 
+def load_vgg_features(features: nn.Sequential, path: str | Path, what: str = "VGG-16") -> list[str]:
+    """Load the ``features.*`` entries of a torchvision VGG state dict into ``features``."""
+    state = load_torch_file(path, "backbone weights file")
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    own = {f"features.{k}": v for k, v in features.state_dict().items()}
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a torchvision {what} state dict; missing {missing[:4]}"
+                              f"{' ...' if len(missing) > 4 else ''}")
+    for k, v in own.items():
+        if state[k].shape != v.shape:
+            raise CheckpointError(f"{path}: {k} has shape {tuple(state[k].shape)}; expected {tuple(v.shape)}")
+    features.load_state_dict({k.removeprefix("features."): state[k] for k in own})
+    return sorted(set(state) - set(own))
+
+
 def load_vgg16_weights(backbone: VGG16Backbone, path: str | Path) -> list[str]:
     """Load a torchvision VGG-16 ImageNet state dict into ``backbone``; returns the keys skipped.
 
