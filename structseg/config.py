@@ -83,6 +83,7 @@ class TrainConfig:
     epochs: int = 50
     batch_size: int = 8
     class_weights: str | list[float] | None = None
+    aux_weight: float = 0.4
     amp: str = "auto"
     channels_last: bool = True
     val_every: int = 1

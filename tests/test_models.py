@@ -17,7 +17,9 @@ VGG16_SHAPES |= {"classifier.0.weight": (4096, 25088), "classifier.0.bias": (409
                  "classifier.3.weight": (4096, 4096), "classifier.3.bias": (4096,),
                  "classifier.6.weight": (1000, 4096), "classifier.6.bias": (1000,)}
 
-SMALL = {"unet": {"base_channels": 4, "depth": 3}}
+SMALL = {"unet": {"base_channels": 4, "depth": 3}, "deeplabv3": {"backbone": "resnet18"},
+         "deeplabv3plus": {"backbone": "mobilenet_v2"}, "pspnet": {"backbone": "resnet18"},
+         "refinenet": {"backbone": "resnet18", "features": 32}}
 # score layers start at zero (as in the paper), so only they get gradient on the first step
 ZERO_INIT_HEADS = ("fcn8s", "fcn16s", "fcn32s")
 
@@ -37,7 +39,8 @@ def test_logits_at_input_resolution_for_odd_sizes(name, size):
 def test_backward_reaches_every_parameter(name):
     model = create_model(name, 3, **SMALL.get(name, {}))
     out = model(torch.randn(2, 3, 40, 40))
-    (out * torch.randn_like(out)).sum().backward()
+    outs = out if isinstance(out, tuple) else (out,)
+    sum((o * torch.randn_like(o)).sum() for o in outs).backward()
     if name in ZERO_INIT_HEADS:
         assert model.score_fr.weight.grad.abs().sum() > 0
     else:
@@ -134,3 +137,17 @@ def test_torchvision_vgg16_state_dict_loads(tmp_path):
         load_backbone_weights(create_model("fcn8s", 5), tmp_path / "broken.pth")
     with pytest.raises(ConfigError, match="has no pretrained backbone"):
         load_backbone_weights(create_model("unet", 5), tmp_path / "vgg16.pth")
+
+
+@pytest.mark.parametrize("name", ["pspnet", "deeplabv3"])
+def test_auxiliary_head_only_in_training(name):
+    model = create_model(name, 4, backbone="resnet18", aux_head=True)
+    out = model.train()(torch.randn(2, 3, 33, 47))
+    assert isinstance(out, tuple) and [o.shape for o in out] == [(2, 4, 33, 47)] * 2
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, 33, 47)).shape == (1, 4, 33, 47)
+
+
+def test_unknown_backbone():
+    with pytest.raises(ConfigError, match="unknown backbone 'resnet152'"):
+        create_model("deeplabv3", 4, backbone="resnet152")

@@ -32,18 +32,16 @@ class CRFasRNN(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
-    @property
-    def stride(self) -> int:
-        return getattr(self.net, "stride", 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.net(x)
+    def forward(self, x: torch.Tensor):
+        out = self.net(x)
+        logits, aux = out if isinstance(out, tuple) else (out, None)  # an auxiliary head passes through
         with torch.autocast(x.device.type, enabled=False):
             image = ((x.float() * self.std + self.mean) * 255.0).clamp(0, 255)
             unary = -F.log_softmax(logits.float(), dim=1)
             q = mean_field(unary, image, self.params, self.compatibility,
                            (self.smoothness_weight, self.appearance_weight))
-            return torch.log(q.clamp(min=1e-8))
+            log_q = torch.log(q.clamp(min=1e-8))
+        return log_q if aux is None else (log_q, aux)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(self.params).items())

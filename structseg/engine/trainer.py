@@ -210,9 +210,13 @@ def train(cfg: Config, out_dir: str | Path, progress: bool = True, stop_after_ep
             if cfg.train.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast(device, dtype):
-                logits = net(images)
-            loss = F.cross_entropy(logits.float(), labels, weight=weights, ignore_index=classes.ignore_index)
+                out = net(images)
+            logits, aux = out if isinstance(out, tuple) else (out, None)
             # (a CRF-as-RNN model returns log-marginals; cross-entropy's log-softmax leaves them unchanged)
+            loss = F.cross_entropy(logits.float(), labels, weight=weights, ignore_index=classes.ignore_index)
+            if aux is not None:
+                loss = loss + cfg.train.aux_weight * F.cross_entropy(aux.float(), labels, weight=weights,
+                                                                     ignore_index=classes.ignore_index)
             if not torch.isfinite(loss):
                 raise StructsegError(f"training diverged at epoch {epoch + 1}, step {step}: loss is {loss.item()}; "
                                      "lower optimizer.lr or add schedule.warmup_epochs")

@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 from .base import SegmentationModel
+from .backbone_models import DeepLabV3, DeepLabV3Plus, PSPNet, RefineNet
 from .enet import ENet
 from .fcdensenet import FCDenseNet
 from .fcn import FCN
@@ -54,7 +55,31 @@ def fcdensenet103(num_classes: int, in_channels: int = 3, dropout: float = 0.2) 
     return FCDenseNet(num_classes, in_channels, (4, 5, 7, 10, 12), 15, growth_rate=16, dropout=dropout)
 
 
+def deeplabv3(num_classes: int, in_channels: int = 3, backbone: str = "resnet50", output_stride: int = 8,
+              aux_head: bool = False) -> DeepLabV3:
+    return DeepLabV3(num_classes, in_channels, backbone, output_stride, aux_head)
+
+
+def deeplabv3plus(num_classes: int, in_channels: int = 3, backbone: str = "resnet50", output_stride: int = 16,
+                  aux_head: bool = False) -> DeepLabV3Plus:
+    return DeepLabV3Plus(num_classes, in_channels, backbone, output_stride, aux_head)
+
+
+def pspnet(num_classes: int, in_channels: int = 3, backbone: str = "resnet50", output_stride: int = 8,
+           aux_head: bool = True) -> PSPNet:
+    return PSPNet(num_classes, in_channels, backbone, output_stride, aux_head)
+
+
+def refinenet(num_classes: int, in_channels: int = 3, backbone: str = "resnet50", output_stride: int = 32,
+              aux_head: bool = False, features: int = 256) -> RefineNet:
+    return RefineNet(num_classes, in_channels, backbone, output_stride, aux_head, features)
+
+
 MODELS: dict[str, Callable[..., SegmentationModel]] = {
+    "deeplabv3": deeplabv3,
+    "deeplabv3plus": deeplabv3plus,
+    "pspnet": pspnet,
+    "refinenet": refinenet,
     "fcn32s": fcn32s,
     "fcn16s": fcn16s,
     "fcn8s": fcn8s,

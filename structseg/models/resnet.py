@@ -93,11 +93,6 @@ class ResNetBackbone(nn.Module):
         self.channels = [64 * block.expansion, 128 * block.expansion, 256 * block.expansion, 512 * block.expansion]
         self.output_stride = output_stride
         init_weights(self)
-        for m in self.modules():  # zero-init the last BN of each residual branch (torchvision's option)
-            if isinstance(m, Bottleneck):
-                nn.init.zeros_(m.bn3.weight)
-            elif isinstance(m, BasicBlock):
-                nn.init.zeros_(m.bn2.weight)
 
     def _make_layer(self, block, planes: int, blocks: int, stride: int = 1, dilate: bool = False) -> nn.Sequential:
         previous = self.dilation
