@@ -83,10 +83,25 @@ def cmd_demo(a: argparse.Namespace) -> None:
 
 
 def cmd_models(a: argparse.Namespace) -> None:
-    from .models import list_models, model_arguments
+    import torch
+
+    from .models import create_model, list_models, model_arguments
+    from .models.profile import count_macs, count_parameters, latency_ms
+    if a.args:
+        for name in list_models():
+            print(f"{name:<14} " + ", ".join(f"{k}={v!r}" for k, v in model_arguments(name).items()))
+        return
+    h, w = a.size
+    print(f"{'model':<14} {'params (M)':>10} {'GMACs':>8} {'fp32 ms':>8}  (input 1x3x{h}x{w}, "
+          f"{torch.get_num_threads()} CPU threads, default arguments, {a.classes} classes)")
     for name in list_models():
-        args = ", ".join(f"{k}={v!r}" for k, v in model_arguments(name).items())
-        print(f"{name:<10} {args}")
+        torch.manual_seed(0)
+        with torch.device("meta"):
+            meta = create_model(name, a.classes)
+        gmacs = count_macs(meta, h, w) / 1e9
+        model = create_model(name, a.classes)
+        ms = f"{latency_ms(model, h, w, repeats=3):8.0f}" if not a.no_latency else f"{'-':>8}"
+        print(f"{name:<14} {count_parameters(model) / 1e6:10.2f} {gmacs:8.1f} {ms}", flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,7 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--minutes", type=float, default=2.0, help="training time budget (default 2)")
     d.set_defaults(func=cmd_demo)
 
-    m = sub.add_parser("models", help="list the models and their arguments")
+    m = sub.add_parser("models", help="table of models: parameters, GMACs and CPU latency")
+    m.add_argument("--args", action="store_true", help="list each model's keyword arguments instead")
+    m.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    m.add_argument("--size", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
+    m.add_argument("--classes", type=int, default=11)
     m.set_defaults(func=cmd_models)
     return p
 

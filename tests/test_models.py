@@ -151,3 +151,14 @@ def test_auxiliary_head_only_in_training(name):
 def test_unknown_backbone():
     with pytest.raises(ConfigError, match="unknown backbone 'resnet152'"):
         create_model("deeplabv3", 4, backbone="resnet152")
+
+
+def test_mac_count_by_hand():
+    from structseg.models.profile import count_macs
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=4),
+                              torch.nn.ConvTranspose2d(8, 2, 2, stride=2))
+    macs = 10 * 12 * 8 * 3 * 9 + 5 * 6 * 8 * 2 * 9 + 5 * 6 * 8 * 2 * 4
+    assert count_macs(net, 10, 12) == macs
+    with torch.device("meta"):
+        meta = create_model("unet", 3, base_channels=4, depth=2)
+    assert count_macs(meta, 16, 16) == count_macs(create_model("unet", 3, base_channels=4, depth=2), 16, 16)
