@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from structseg.crf.dense_crf import CRFParams, mean_field, unary_from_probabilities
+from structseg.structured.dense_crf import CRFParams, mean_field, unary_from_probabilities
 from structseg.data.io import load_image, load_label
 
 ROOT = Path(__file__).resolve().parents[1]

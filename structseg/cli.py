@@ -44,7 +44,7 @@ def _crf_params(a: argparse.Namespace):
         if a.crf_set:
             raise StructsegError("--crf-set needs --crf")
         return None
-    from .crf.postprocess import load_crf_params
+    from .structured.crf_postprocess import load_crf_params
     return load_crf_params(a.crf or None, a.crf_set or [])
 
 
@@ -71,8 +71,8 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_crf_search(a: argparse.Namespace) -> None:
-    from .crf.postprocess import load_crf_params
-    from .crf.search import run_search
+    from .structured.crf_postprocess import load_crf_params
+    from .structured.crf_search import run_search
     base = load_crf_params(None, a.crf_set or [])
     run_search(a.checkpoint, a.data, a.split, a.out, a.grid, base, a.limit, progress=not a.quiet)
 

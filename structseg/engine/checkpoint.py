@@ -40,8 +40,8 @@ def build_model(spec: dict, mean: tuple[float, ...], std: tuple[float, ...]) -> 
     normalisation for the CRF's colour features)."""
     model = create_model(spec["name"], spec["num_classes"], **spec["args"])
     if spec.get("crf") is not None:
-        from ..crf.crfasrnn import CRFasRNN
-        from ..crf.postprocess import load_crf_params
+        from ..structured.crfasrnn import CRFasRNN
+        from ..structured.crf_postprocess import load_crf_params
         params = load_crf_params(None, [f"{k}={v}" for k, v in spec["crf"].items()])
         model = CRFasRNN(model, spec["num_classes"], params, mean, std)
     return model

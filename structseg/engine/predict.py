@@ -7,8 +7,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..crf.dense_crf import CRFParams
-from ..crf.postprocess import crf_refiner
+from ..structured.dense_crf import CRFParams
+from ..structured.crf_postprocess import crf_refiner
 from ..data.io import IMAGE_EXTENSIONS, atomic_path, load_image, save_png
 from ..data.transforms import normalize
 from ..errors import DataError

@@ -15,8 +15,8 @@ from ..data.layout import ClassInfo
 from ..data.transforms import EvalTransform
 from ..errors import CheckpointError
 from .checkpoint import checkpoint_classes, load_checkpoint, model_from_checkpoint
-from ..crf.dense_crf import CRFParams
-from ..crf.postprocess import crf_refiner
+from ..structured.dense_crf import CRFParams
+from ..structured.crf_postprocess import crf_refiner
 from .evaluate import Refiner, evaluate, predict_logits
 from .metrics import ConfusionMatrix
 from .runtime import amp_dtype, pick_device

@@ -21,7 +21,7 @@ from ..engine.report import load_for_dataset
 from ..engine.runtime import amp_dtype, pick_device
 from ..errors import ConfigError
 from .dense_crf import CRFParams
-from .postprocess import crf_refiner, save_crf_params
+from .crf_postprocess import crf_refiner, save_crf_params
 
 DEFAULT_GRID = {"appearance_weight": [3.0, 5.0, 10.0], "appearance_xy": [30.0, 50.0, 80.0],
                 "appearance_rgb": [3.0, 5.0, 13.0]}

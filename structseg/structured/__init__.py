@@ -1,4 +1,5 @@
-"""Structured inference: the fully connected CRF (permutohedral lattice, mean field, CRF-as-RNN)."""
+"""Structured inference on top of any network: the fully connected CRF (permutohedral lattice,
+mean field, CRF-as-RNN post-processing and layer)."""
 from .crfasrnn import CRFasRNN
 from .dense_crf import CRFParams, DenseCRF, mean_field, unary_from_probabilities
 from .lattice import PermutohedralLattice

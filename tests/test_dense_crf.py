@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from structseg.crf.dense_crf import (CRFParams, DenseCRF, GaussianKernel, appearance_features, mean_field,
+from structseg.structured.dense_crf import (CRFParams, DenseCRF, GaussianKernel, appearance_features, mean_field,
                                      position_features)
-from structseg.crf.lattice import PermutohedralLattice
+from structseg.structured.lattice import PermutohedralLattice
 
 
 def tiny_image(seed, h=20, w=24, dtype=torch.float32):
@@ -173,7 +173,7 @@ def test_bad_inputs():
 
 def test_crfasrnn_trains_end_to_end_from_a_config(synth_root, tmp_path):
     from structseg.config import config_from_dict
-    from structseg.crf.crfasrnn import CRFasRNN
+    from structseg.structured.crfasrnn import CRFasRNN
     from structseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from structseg.engine.trainer import train
     cfg = config_from_dict({
