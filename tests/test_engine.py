@@ -64,7 +64,7 @@ def _records(run):
     out = []
     for line in (run / "metrics.jsonl").read_text().splitlines():
         r = json.loads(line)
-        out.append({k: v for k, v in r.items() if k not in ("images_per_s", "epoch_time_s")})
+        out.append({k: v for k, v in r.items() if k not in ("images_per_s", "epoch_time_s", "started")})
     return out
 
 

@@ -233,7 +233,7 @@ def train(cfg: Config, out_dir: str | Path, progress: bool = True, stop_after_ep
         train_time = time.time() - t0
         record = {"epoch": epoch + 1, "step": step, "train_loss": all_reduce_mean(loss_sum / max(seen, 1)),
                   "lr": optimizer.param_groups[0]["lr"], "images_per_s": seen * world_size() / train_time,
-                  "epoch_time_s": train_time}
+                  "epoch_time_s": train_time, "started": t0}
         metrics = None
         is_last = epoch + 1 == cfg.train.epochs
         if val_ds is not None and ((epoch + 1) % cfg.train.val_every == 0 or is_last):
