@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from structseg.data.check import check_split
-from structseg.data.class_weights import median_frequency_weights
+from structseg.data.class_weights import enet_weights, median_frequency_weights
 from structseg.data.dataset import SegmentationDataset
 from structseg.data.layout import read_classes
 from structseg.data.synth import make_scene, write_synthetic
@@ -142,3 +142,11 @@ def test_median_frequency_weights_by_hand(tmp_path):
     freq = np.array([3 / 4, 3 / 8, 1 / 4])  # pixels / pixels of images containing the class
     med = np.median(freq)
     np.testing.assert_allclose(w, [med / freq[0], med / freq[1], med / freq[2], 0.0])
+
+
+def test_enet_weights_by_hand(tmp_path):
+    labels = [np.array([[0, 0], [0, 1]]), np.array([[1, 1], [2, 255]])]
+    root = make_dataset(tmp_path / "d", labels, ["a", "b", "c", "d"])
+    w = enet_weights(SegmentationDataset(root, "train.txt"))
+    p = np.array([3, 3, 1, 0]) / 7  # shares of the 7 labelled pixels
+    np.testing.assert_allclose(w, 1 / np.log(1.02 + p))

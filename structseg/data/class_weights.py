@@ -32,3 +32,11 @@ def median_frequency_weights(dataset: SegmentationDataset) -> np.ndarray:
     weights = np.zeros(len(counts))
     weights[present] = np.median(freq[present]) / freq[present]
     return weights
+
+
+def enet_weights(dataset: SegmentationDataset, c: float = 1.02) -> np.ndarray:
+    """ENet's weighting (Paszke et al. 2016): ``w = 1 / ln(c + p)``, ``p`` the class's share of all
+    labelled (non-ignored) pixels of the split; bounded above by ``1 / ln(c)`` (about 50)."""
+    counts, _ = class_pixel_stats(dataset)
+    p = counts / max(counts.sum(), 1)
+    return 1.0 / np.log(c + p)

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..config import Config, save_config
-from ..data.class_weights import median_frequency_weights
+from ..data.class_weights import enet_weights, median_frequency_weights
 from ..data.dataset import SegmentationDataset
 from ..data.io import atomic_path
 from ..data.layout import read_classes
@@ -65,11 +65,14 @@ def resolve_class_weights(cfg: Config, train_ds: SegmentationDataset) -> torch.T
         return None
     if cw == "median_frequency":
         return torch.tensor(median_frequency_weights(train_ds), dtype=torch.float32)
+    if cw == "enet":
+        return torch.tensor(enet_weights(train_ds), dtype=torch.float32)
     if isinstance(cw, list):
         if len(cw) != c:
             raise ConfigError(f"config key 'train.class_weights': {len(cw)} weights given for {c} classes")
         return torch.tensor(cw, dtype=torch.float32)
-    raise ConfigError(f"config key 'train.class_weights': expected null, 'median_frequency' or a list, got {cw!r}")
+    raise ConfigError(f"config key 'train.class_weights': expected null, 'median_frequency', 'enet' or a list, "
+                      f"got {cw!r}")
 
 
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
