@@ -93,9 +93,13 @@ class PermutohedralLattice:
             raise ValueError("lattice too large to hash (features span too wide a range for their std devs)")
         img = torch.arange(b, device=device).repeat_interleave(n)
         codes = ((keys - lo) * strides[1:]).sum(2) + img[:, None] * strides[0]
-        uniq, inverse = torch.unique(codes.flatten(), sorted=True, return_inverse=True)
+        # one sort serves both the hash table (unique codes) and the splat matrix (entries by vertex)
+        sorted_codes, order = torch.sort(codes.flatten(), stable=True)
+        uniq, counts = torch.unique_consecutive(sorted_codes, return_counts=True)
         m = uniq.numel()
         self.num_lattice_points = m
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.repeat_interleave(torch.arange(m, device=device), counts)
 
         # 4. blur neighbours along each of the d+1 axes (index m = an all-zero padding row)
         self.neighbours = []
@@ -114,19 +118,13 @@ class PermutohedralLattice:
         # 5. splat (M x BN) and slice (BN x M+1) as CSR matrices
         alpha = 1.0 / (1.0 + 2.0 ** (-d))
         self.alpha = alpha
-        vertex = inverse.reshape(b * n, d1)
-        point = torch.arange(b * n, device=device)
-        flat_vertex = vertex.flatten()
-        order = torch.argsort(flat_vertex, stable=True)
-        counts = torch.bincount(flat_vertex, minlength=m + 1)
         crow = torch.zeros(m + 2, dtype=torch.int64, device=device)
-        crow[1:] = torch.cumsum(counts, 0)
+        crow[1:m + 1] = torch.cumsum(counts, 0)
+        crow[m + 1] = crow[m]  # the padding row holds nothing
         warnings.filterwarnings("ignore", message="Sparse (CSR tensor support|invariant checks)")
-        self._splat = torch.sparse_csr_tensor(crow, point.repeat_interleave(d1)[order], bary.flatten()[order],
-                                              size=(m + 1, b * n))
-        self._slice = torch.sparse_csr_tensor(torch.arange(0, b * n * d1 + 1, d1, device=device), flat_vertex,
+        self._splat = torch.sparse_csr_tensor(crow, order // d1, bary.flatten()[order], size=(m + 1, b * n))
+        self._slice = torch.sparse_csr_tensor(torch.arange(0, b * n * d1 + 1, d1, device=device), inverse,
                                               bary.flatten(), size=(b * n, m + 1))
-        self._vertex, self._bary = vertex, bary
 
     def _blur(self, values: torch.Tensor, reverse: bool) -> torch.Tensor:
         for n1, n2 in (reversed(self.neighbours) if reverse else self.neighbours):
