@@ -26,8 +26,9 @@ class CheckReport:
 
     def format(self) -> str:
         total = int(self.pixels.sum()) + self.ignored_pixels
-        lines = [f"{self.num_images} images, {total} labelled pixels ({self.ignored_pixels} ignored, "
-                 f"value {self.ignore_index})", f"{'idx':>3}  {'class':<16} {'pixels':>12} {'%':>7} {'images':>7}"]
+        lines = [f"{self.num_images} images, {total} pixels ({self.ignored_pixels} ignored with value "
+                 f"{self.ignore_index}; % below is of all pixels)",
+                 f"{'idx':>3}  {'class':<16} {'pixels':>12} {'%':>7} {'images':>7}"]
         for i, name in enumerate(self.classes):
             share = 100 * self.pixels[i] / total if total else 0.0
             lines.append(f"{i:>3}  {name:<16} {int(self.pixels[i]):>12} {share:>6.2f}% {int(self.images_with[i]):>7}")
