@@ -90,3 +90,29 @@ def test_output_stride_by_dilation(output_stride):
     assert r["layer1"].shape[-2:] == (16, 24)
     assert m["out"].shape[-2:] == (64 // output_stride, 96 // output_stride)
     assert m["low"].shape[-2:] == (16, 24)
+
+
+def test_torchvision_resnet_and_vgg16_bn_files_load(tmp_path):
+    from structseg.errors import CheckpointError
+    from structseg.models import create_model, load_backbone_weights
+    torch.manual_seed(0)
+    # a torchvision-style resnet18 file: backbone keys + the ImageNet classifier
+    state = {k: torch.randn_like(v.float()) if v.is_floating_point() else v
+             for k, v in ResNetBackbone("resnet18").state_dict().items()}
+    state |= {"fc.weight": torch.randn(1000, 512), "fc.bias": torch.randn(1000)}
+    torch.save(state, tmp_path / "resnet18.pth")
+    model = create_model("deeplabv3plus", 5, backbone="resnet18")
+    assert load_backbone_weights(model, tmp_path / "resnet18.pth") == ["fc.bias", "fc.weight"]
+    assert torch.equal(model.backbone.layer3[1].conv2.weight, state["layer3.1.conv2.weight"])
+    assert torch.equal(model.backbone.bn1.running_var, state["bn1.running_var"])
+    # the wrong backbone's file is refused with the file named
+    with pytest.raises(CheckpointError, match="resnet18.pth: not a torchvision resnet50 state dict"):
+        load_backbone_weights(create_model("pspnet", 5, backbone="resnet50"), tmp_path / "resnet18.pth")
+    # vgg16_bn for SegNet's encoder
+    vgg = {f"features.{k}": torch.randn_like(v.float()) if v.is_floating_point() else v
+           for k, v in make_vgg_features(batch_norm=True).state_dict().items()}
+    vgg |= {"classifier.6.weight": torch.randn(1000, 8)}
+    torch.save(vgg, tmp_path / "vgg16_bn.pth")
+    segnet = create_model("segnet", 5)
+    assert load_backbone_weights(segnet, tmp_path / "vgg16_bn.pth") == ["classifier.6.weight"]
+    assert torch.equal(segnet.features[41].weight, vgg["features.41.weight"])

@@ -11,11 +11,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
 from .base import SegmentationModel, conv_bn_relu, init_weights
 from .heads import ASPP, FCNHead, PyramidPooling
 from .mobilenet import MobileNetV2Backbone
 from .resnet import RESNETS, ResNetBackbone
+from .weights import load_torchvision_weights
 
 BACKBONES = tuple(RESNETS) + ("mobilenet_v2",)
 
@@ -49,19 +50,8 @@ class BackboneModel(SegmentationModel):
         self.aux = FCNHead(self.channels["aux"], num_classes) if aux_head else None
 
     def load_backbone(self, path) -> list[str]:
-        from ..data.io import load_torch_file
-        state = load_torch_file(path, "backbone weights file")
-        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
-        own = self.backbone.state_dict()
-        missing = [k for k in own if k not in state]
-        if missing:
-            raise CheckpointError(f"{path}: not a torchvision {self.backbone_name} state dict; missing {missing[:4]}")
-        for k, v in own.items():
-            if state[k].shape != v.shape:
-                raise CheckpointError(f"{path}: {k} has shape {tuple(state[k].shape)}; expected {tuple(v.shape)}")
-        self.backbone.load_state_dict({k: state[k] for k in own})
-        return sorted(set(state) - set(own))
+        """Load a torchvision ImageNet state dict (e.g. ``resnet50-0676ba61.pth``) into the backbone."""
+        return load_torchvision_weights(self.backbone, path, self.backbone_name)
 
     def _with_aux(self, logits: torch.Tensor, feats: dict[str, torch.Tensor]):
         if self.aux is not None and self.training:

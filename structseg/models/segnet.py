@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from .base import SegmentationModel, conv_bn_relu, init_weights
 from .vgg import make_vgg_features
+from .weights import load_torchvision_weights
 
 # decoder convolutions per stage, deepest first (output channels); the final one is the classifier
 DECODER = [[512, 512, 512], [512, 512, 256], [256, 256, 128], [128, 64], [64]]
@@ -40,8 +41,7 @@ class SegNet(SegmentationModel):
 
     def load_backbone(self, path) -> list[str]:
         """Load torchvision ``vgg16_bn`` ImageNet weights into the encoder."""
-        from .vgg import load_vgg_features
-        return load_vgg_features(self.features, path, "VGG-16-BN")
+        return load_torchvision_weights(self.features, path, "VGG-16-BN", key_map=lambda k: f"features.{k}")
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
         pools = []

@@ -11,9 +11,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..data.io import load_torch_file
-from ..errors import CheckpointError
 from .base import init_weights
+from .weights import load_torchvision_weights
 
 VGG16_CFG = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]
 
@@ -61,46 +60,10 @@ class VGG16Backbone(nn.Module):
         return out
 
 
-def load_vgg_features(features: nn.Sequential, path: str | Path, what: str = "VGG-16") -> list[str]:
-    """Load the ``features.*`` entries of a torchvision VGG state dict into ``features``."""
-    state = load_torch_file(path, "backbone weights file")
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    own = {f"features.{k}": v for k, v in features.state_dict().items()}
-    missing = [k for k in own if k not in state]
-    if missing:
-        raise CheckpointError(f"{path}: not a torchvision {what} state dict; missing {missing[:4]}"
-                              f"{' ...' if len(missing) > 4 else ''}")
-    for k, v in own.items():
-        if state[k].shape != v.shape:
-            raise CheckpointError(f"{path}: {k} has shape {tuple(state[k].shape)}; expected {tuple(v.shape)}")
-    features.load_state_dict({k.removeprefix("features."): state[k] for k in own})
-    return sorted(set(state) - set(own))
-
-
 def load_vgg16_weights(backbone: VGG16Backbone, path: str | Path) -> list[str]:
     """Load a torchvision VGG-16 ImageNet state dict into ``backbone``; returns the keys skipped.
 
     ``classifier.0``/``classifier.3`` (``Linear``) are reshaped into the fc6/fc7 convolutions;
     ``classifier.6`` (the 1000-way ImageNet layer) is not used.
     """
-    state = load_torch_file(path, "backbone weights file")
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: expected a state dict (parameter name -> tensor)")
-    own = backbone.state_dict()
-    missing = [k for k in own if k not in state]
-    if missing:
-        raise CheckpointError(
-            f"{path}: not a torchvision VGG-16 state dict; missing {missing[:4]}"
-            f"{' ...' if len(missing) > 4 else ''}")
-    new = {}
-    for k, v in own.items():
-        w = state[k]
-        if w.numel() != v.numel():
-            raise CheckpointError(f"{path}: {k} has shape {tuple(w.shape)}; expected {tuple(v.shape)} "
-                                  "(first conv must match in_channels)")
-        new[k] = w.reshape(v.shape).to(v.dtype)
-    backbone.load_state_dict(new)
-    return sorted(set(state) - set(own))
+    return load_torchvision_weights(backbone, path, "VGG-16", reshape=True)
