@@ -162,3 +162,15 @@ def test_mac_count_by_hand():
     with torch.device("meta"):
         meta = create_model("unet", 3, base_channels=4, depth=2)
     assert count_macs(meta, 16, 16) == count_macs(create_model("unet", 3, base_channels=4, depth=2), 16, 16)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list_models())
+def test_torch_export_matches_eager(name):
+    """Every model exports with torch.export (static shapes) and the exported program matches eager."""
+    torch.manual_seed(0)
+    model = create_model(name, 3, **SMALL.get(name, {})).eval()
+    x = torch.randn(1, 3, 64, 64)
+    program = torch.export.export(model, (x,))
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), model(x), atol=1e-4, rtol=1e-4)
