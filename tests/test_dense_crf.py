@@ -230,3 +230,29 @@ def test_parity_with_pydensecrf(iterations):
                       CRFParams(iterations=iterations, appearance_xy=20.0))[0].numpy()
     assert np.abs(ours - theirs).max() < 1e-4
     assert (ours.argmax(0) == theirs.argmax(0)).mean() == 1.0
+
+
+def test_compatibility_forms_agree_with_potts():
+    image = tiny_image(2, 10, 12)
+    unary = torch.randn(1, 3, 10, 12, generator=torch.Generator().manual_seed(0))
+    p = CRFParams(iterations=3, appearance_xy=5.0)
+    potts = mean_field(unary, image, p)
+    # a diagonal of ones is Potts; the full penalty 1 - I differs from Potts by a per-pixel constant
+    torch.testing.assert_close(mean_field(unary, image, p, torch.ones(3)), potts)
+    torch.testing.assert_close(mean_field(unary, image, p, 1 - torch.eye(3)), potts, atol=1e-5, rtol=1e-5)
+    # a diagonal with a larger reward for class 0 gives class 0 more mass than Potts does
+    boosted = mean_field(unary, image, p, torch.tensor([3.0, 1.0, 1.0]))
+    assert boosted[:, 0].mean() > potts[:, 0].mean()
+    with pytest.raises(ValueError, match=r"compatibility of shape \(2,\)"):
+        mean_field(unary, image, p, torch.ones(2))
+
+
+def test_compatibility_from_settings():
+    from structseg.structured.crf_postprocess import load_crf_params
+    p = load_crf_params(None, ["compatibility=[2.0, 1.0, 1.0]", "iterations=2"])
+    assert p.compatibility == [2.0, 1.0, 1.0]
+    full = load_crf_params(None, ["compatibility=[[0, 1], [1, 0]]"])
+    assert full.compatibility == [[0.0, 1.0], [1.0, 0.0]]
+    image, logits = tiny_image(1, 8, 9), torch.randn(1, 3, 8, 9)
+    torch.testing.assert_close(DenseCRF(p)(image, logits=logits),
+                               mean_field(-torch.log_softmax(logits, 1), image, p, torch.tensor([2.0, 1.0, 1.0])))

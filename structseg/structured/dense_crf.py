@@ -86,6 +86,10 @@ class CRFParams:
     appearance_weight: float = 10.0
     appearance_xy: float = 80.0
     appearance_rgb: float = 13.0
+    compatibility: list[float] | list[list[float]] | None = None  # None: Potts; C values: diagonal; CxC: full
+
+    def compatibility_tensor(self) -> torch.Tensor | None:
+        return None if self.compatibility is None else torch.tensor(self.compatibility, dtype=torch.float32)
 
     def validate(self) -> None:
         if not isinstance(self.iterations, int) or self.iterations < 1:
@@ -129,12 +133,17 @@ def mean_field(unary: torch.Tensor, image: torch.Tensor, params: CRFParams,
     """Mean-field inference; returns ``Q`` ``(B, C, H, W)``.
 
     ``unary`` is the energy ``U`` (e.g. ``-log p``); ``image`` is RGB in 0-255. ``compatibility``
-    (optional, ``(C, C)``) is the label-compatibility *penalty* ``mu`` applied to both kernels;
-    by default Potts, ``mu = 1 - I`` (equivalently a reward of the weight on agreeing labels).
+    is applied to both kernels' messages: None for Potts (each kernel's weight rewards agreeing labels,
+    equivalent to the penalty ``mu = 1 - I``); a ``(C,)`` vector for a diagonal compatibility (a
+    per-class reward multiplying the weights); a ``(C, C)`` matrix for a full label-compatibility
+    *penalty* ``mu`` (``msg_l = -sum_l' mu[l, l'] (K Q)_l'``).
     ``weights`` (optional tensors) replace the smoothness and appearance weights, e.g. learned ones.
     """
     params.validate()
     unary, image = _check_inputs(unary, image)
+    c_ = unary.shape[1]
+    if compatibility is not None and tuple(compatibility.shape) not in ((c_,), (c_, c_)):
+        raise ValueError(f"compatibility of shape {tuple(compatibility.shape)}: expected ({c_},) or ({c_}, {c_})")
     if not torch.isfinite(unary).all():
         raise ValueError("unary contains NaN or infinity")
     b, c, h, w = unary.shape
@@ -152,6 +161,8 @@ def mean_field(unary: torch.Tensor, image: torch.Tensor, params: CRFParams,
         message = ws * ks + wa * ka
         if compatibility is None:
             q = torch.softmax(message - u, dim=2)
+        elif compatibility.dim() == 1:
+            q = torch.softmax(message * compatibility.to(message.dtype) - u, dim=2)
         else:
             q = torch.softmax(-u - message @ compatibility.T.to(message.dtype), dim=2)
     return q.transpose(1, 2).reshape(b, c, h, w).contiguous()
@@ -175,4 +186,4 @@ class DenseCRF(torch.nn.Module):
             unary = -F.log_softmax(logits, dim=-3)
         else:
             unary = unary_from_probabilities(probs)
-        return mean_field(unary, image, self.params)
+        return mean_field(unary, image, self.params, self.params.compatibility_tensor())
