@@ -110,6 +110,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     ap.add_argument("--json", help="also write the rows as JSON")
+    ap.add_argument("--scales", default="1,2", help="1: 480x360, 2: 960x720 (comma-separated)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -119,7 +120,7 @@ def main() -> None:
     if not have_ref:
         print("pydensecrf not installed (pip install -e '.[bench]') or not on CPU: timing structseg only")
     rows = []
-    for scale in (1, 2):
+    for scale in map(int, a.scales.split(",")):
         for classes in (11, 21):
             image, probs, label = make_input(scale, classes)
             image_t = torch.from_numpy(image).permute(2, 0, 1)[None].float().to(device)
