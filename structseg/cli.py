@@ -1,4 +1,4 @@
-"""The ``structseg`` command line: data, train, eval, predict, demo, models."""
+"""The ``structseg`` command line: data, convert, train, eval, predict, crf, export, demo, models."""
 from __future__ import annotations
 
 import argparse
@@ -82,11 +82,38 @@ def cmd_demo(a: argparse.Namespace) -> None:
     run_demo(Path(a.out), minutes=a.minutes)
 
 
+def cmd_convert(a: argparse.Namespace) -> None:
+    from .data.converters import convert
+    messages: list[str] = []
+    summary = convert(a.kind, a.src, a.dst, progress=not a.quiet, messages=messages, sbd=a.sbd, layout=a.layout,
+                      scale=a.scale, splits=a.splits, classes=a.classes.split(",") if a.classes else None,
+                      palette=a.palette, ignore_index=a.ignore_index, val_fraction=a.val_fraction,
+                      unknown_colour=a.unknown_colour)
+    for m in messages:
+        print(f"note: {m}")
+    print(f"wrote {a.dst}\n{summary.format()}")
+
+
+def cmd_export(a: argparse.Namespace) -> None:
+    from .engine.checkpoint import export_checkpoint
+    payload = export_checkpoint(a.checkpoint, a.out, half=not a.fp32)
+    size = Path(a.out).stat().st_size / 2 ** 20
+    print(f"wrote {a.out} ({size:.1f} MiB, {'fp32' if a.fp32 else 'fp16'} weights, model {payload['model']['name']})")
+
+
 def cmd_models(a: argparse.Namespace) -> None:
     import torch
 
     from .models import create_model, list_models, model_arguments
     from .models.profile import count_macs, count_parameters, latency_ms
+    if a.pretrained:
+        from .engine.checkpoint import load_checkpoint, pretrained_models
+        for name, path in pretrained_models().items():
+            ck = load_checkpoint(path)
+            m = ck.get("metrics", {})
+            print(f"{name:<16} {ck['model']['name']:<10} {ck['model']['num_classes']:>3} classes  "
+                  f"val mIoU {m.get('miou', float('nan')):.3f}  {path}")
+        return
     if a.args:
         for name in list_models():
             print(f"{name:<14} " + ", ".join(f"{k}={v!r}" for k, v in model_arguments(name).items()))
@@ -121,6 +148,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("root")
     c.add_argument("--split", required=True, help="split file, relative to ROOT")
     c.set_defaults(func=cmd_data_check)
+
+    from .data.converters import KINDS
+    cv = sub.add_parser("convert", help="convert a dataset from its original layout into the unified layout",
+                        description="Convert SRC (never modified) into a new folder DST: split files, classes.json, "
+                                    "images/ and 8-bit labels/. See docs/datasets.md for each layout.")
+    cv.add_argument("kind", choices=KINDS)
+    cv.add_argument("src")
+    cv.add_argument("dst", help="new folder (must not exist; written atomically)")
+    cv.add_argument("--sbd", help="voc-sbd: the Berkeley SBD folder (benchmark_RELEASE)")
+    cv.add_argument("--layout", choices=["segnet", "original"], help="camvid: source layout (default: detected)")
+    cv.add_argument("--scale", type=float, help="camvid original: resize factor (0.5 gives SegNet's 480x360)")
+    cv.add_argument("--splits", help="msrc: folder with Shotton's Train.txt, Validation.txt, Test.txt")
+    cv.add_argument("--classes", help="folder: class names, comma-separated, in index order")
+    cv.add_argument("--palette", help="folder: JSON with 'classes' and 'palette' for colour-coded masks")
+    cv.add_argument("--ignore-index", type=int, default=255, help="folder: label value to ignore (default 255)")
+    cv.add_argument("--val-fraction", type=float, default=0.0, help="folder: share held out as val (by name hash)")
+    cv.add_argument("--unknown-colour", choices=["error", "ignore"], default="error",
+                    help="folder: a mask colour not in the palette is an error (default) or ignored")
+    cv.add_argument("--quiet", action="store_true")
+    cv.set_defaults(func=cmd_convert)
 
     t = sub.add_parser("train", help="train a model from a YAML config (resumes from OUT/last.pt)")
     t.add_argument("config")
@@ -164,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     cs.add_argument("--quiet", action="store_true")
     cs.set_defaults(func=cmd_crf_search)
 
+    x = sub.add_parser("export", help="a deployable checkpoint: fp16 weights, no optimiser state")
+    x.add_argument("checkpoint")
+    x.add_argument("out")
+    x.add_argument("--fp32", action="store_true", help="keep float32 weights")
+    x.set_defaults(func=cmd_export)
+
     d = sub.add_parser("demo", help="synthetic data -> train ~2 min -> evaluate -> pictures")
     d.add_argument("--out", default="structseg-demo", help="demo folder (default ./structseg-demo)")
     d.add_argument("--minutes", type=float, default=2.0, help="training time budget (default 2)")
@@ -171,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("models", help="table of models: parameters, GMACs and CPU latency")
     m.add_argument("--args", action="store_true", help="list each model's keyword arguments instead")
+    m.add_argument("--pretrained", action="store_true", help="list the checkpoints shipped with structseg instead")
     m.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     m.add_argument("--size", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
     m.add_argument("--classes", type=int, default=11)

@@ -175,3 +175,33 @@ def test_tensorboard_events_written(synth_root, tmp_path):
     logged = [e.value for e in acc.Scalars("val/miou")]
     expected = [r["val"]["miou"] for r in _records(tmp_path / "r")]
     assert logged == pytest.approx(expected)
+
+
+def test_export_half_checkpoint_loads_and_predicts_the_same(synth_root, tmp_path):
+    from structseg.engine.checkpoint import export_checkpoint, model_from_checkpoint
+    run = tmp_path / "run"
+    train(tiny_config(synth_root, epochs=1), run, progress=False)
+    payload = export_checkpoint(run / "best.pt", tmp_path / "small.pt")
+    assert all(v.dtype == torch.float16 for v in payload["state_dict"].values() if v.is_floating_point())
+    assert "train_state" not in payload
+    full, half = load_checkpoint(run / "best.pt"), load_checkpoint(tmp_path / "small.pt")
+    assert (tmp_path / "small.pt").stat().st_size < (run / "last.pt").stat().st_size
+    x = torch.randn(2, 3, 48, 64)
+    with torch.no_grad():
+        a = model_from_checkpoint(full).eval()(x)
+        b = model_from_checkpoint(half).eval()(x)
+    assert (a.argmax(1) == b.argmax(1)).float().mean() > 0.99
+    torch.testing.assert_close(a, b, atol=0.05, rtol=0.05)
+
+
+def test_shipped_checkpoint_is_found_by_name_and_predicts():
+    from structseg.engine.checkpoint import model_from_checkpoint, pretrained_models
+    shipped = pretrained_models()
+    assert "camvid-unet" in shipped and shipped["camvid-unet"].stat().st_size < 20 * 2 ** 20
+    ckpt = load_checkpoint("camvid-unet")
+    assert ckpt["model"]["num_classes"] == 11 and ckpt["metrics"]["miou"] >= 0.60
+    with torch.no_grad():
+        out = model_from_checkpoint(ckpt).eval()(torch.randn(1, 3, 45, 61))
+    assert out.shape == (1, 11, 45, 61)
+    with pytest.raises(CheckpointError, match="shipped"):
+        load_checkpoint("camvid-unknown")

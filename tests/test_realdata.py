@@ -54,3 +54,12 @@ def test_shared_data_passes_check(root, split):
     rep = check_split(root, split, progress=False)
     assert rep.problems == []
     assert rep.num_images == len((root / split).read_text().split("\n")) - 1
+
+
+def test_shipped_camvid_checkpoint_reaches_its_recorded_val_miou(camvid, tmp_path):
+    # the fp16 export of the CPU-trained U-Net: val mIoU recorded at export time (0.641) within 0.005
+    from structseg.engine.checkpoint import load_checkpoint
+    from structseg.engine.report import evaluate_checkpoint
+    metrics = evaluate_checkpoint("camvid-unet", camvid, "val.txt", tmp_path, panels=0, progress=False)
+    assert metrics["miou"] >= 0.60
+    assert abs(metrics["miou"] - load_checkpoint("camvid-unet")["metrics"]["miou"]) < 0.005

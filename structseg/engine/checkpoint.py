@@ -26,8 +26,31 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
         torch.save(payload, tmp)
 
 
+PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained"
+
+
+def pretrained_models() -> dict[str, Path]:
+    """Checkpoints shipped with the package, by name (``camvid-unet`` -> ``pretrained/camvid_unet.pt``)."""
+    return {p.stem.replace("_", "-"): p for p in sorted(PRETRAINED_DIR.glob("*.pt"))}
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A file path, or the name of a shipped checkpoint (see ``structseg models --pretrained``)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    shipped = pretrained_models()
+    if str(path) in shipped:
+        return shipped[str(path)]
+    if not p.suffix and not p.parent.name:
+        raise CheckpointError(f"{path}: no such checkpoint file or shipped model "
+                              f"(shipped: {', '.join(shipped) or 'none'})")
+    return p  # load_torch_file reports the missing file
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint safely (``weights_only=True``) and check its format."""
+    """Read a checkpoint safely (``weights_only=True``) and check its format; ``path`` may name a shipped model."""
+    path = resolve_checkpoint(path)
     ckpt = load_torch_file(path, "checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a structseg checkpoint (expected format {FORMAT})")
@@ -77,6 +100,18 @@ def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint",
             raise CheckpointError(f"{path}: {k} has shape {tuple(state[k].shape)}, model expects {tuple(v.shape)}")
     model.load_state_dict(state)
     return model
+
+
+def export_checkpoint(src: str | Path, dst: str | Path, half: bool = True) -> dict[str, Any]:
+    """A deployable copy: model, classes, normalisation, config, metrics and weights (fp16 when ``half``),
+    without the optimiser state. Returns the written payload."""
+    ckpt = load_checkpoint(src)
+    model_from_checkpoint(ckpt, src)  # refuse to export weights that do not load
+    state = {k: (v.half() if half and v.is_floating_point() else v).clone() for k, v in ckpt["state_dict"].items()}
+    payload = {k: v for k, v in ckpt.items() if k not in ("format", "state_dict", "train_state")}
+    payload["state_dict"] = state
+    save_checkpoint(dst, payload)
+    return payload
 
 
 def checkpoint_classes(ckpt: dict) -> ClassInfo:
