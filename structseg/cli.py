@@ -94,6 +94,39 @@ def cmd_convert(a: argparse.Namespace) -> None:
     print(f"wrote {a.dst}\n{summary.format()}")
 
 
+def _chosen(a: argparse.Namespace) -> tuple[float, int]:
+    from .errors import ConfigError
+    from .structured.dae_run import read_chosen
+    if a.chosen:
+        step, iterations = read_chosen(a.chosen)
+    elif a.step is None or a.iterations is None:
+        raise ConfigError("give --chosen FILE (from 'structseg dae validate') or both --step and --iterations")
+    else:
+        step, iterations = a.step, a.iterations
+    return (a.step if a.step is not None else step), (a.iterations if a.iterations is not None else iterations)
+
+
+def cmd_dae(a: argparse.Namespace) -> None:
+    from .structured import dae_run
+    if a.dae_command == "train":
+        cfg = dae_run.load_dae_config(a.config, a.set or [])
+        out = a.out or str(Path("runs") / f"dae_{Path(a.config).stem}")
+        rec = dae_run.train_dae(cfg, a.segmenter, out, progress=not a.quiet)
+        print(f"DAE run in {out}: best.pt (lowest val loss), last.pt, metrics.jsonl; last epoch {rec.get('epoch')}")
+    elif a.dae_command == "validate":
+        steps = tuple(float(v) for v in a.steps.split(",")) if a.steps else dae_run.STEPS
+        r = dae_run.validate_dae(a.dae, a.data, a.split, a.out, steps, a.max_iterations, a.segmenter, not a.quiet)
+        print(f"base mIoU {r['base_miou']:.4f}; chosen step {r['step']}, {r['iterations']} iterations: "
+              f"mIoU {r['miou']:.4f}; written {a.out}/chosen.yaml, validate.json, miou_per_iteration.png")
+    elif a.dae_command == "test":
+        step, iterations = _chosen(a)
+        dae_run.apply_dae(a.dae, a.data, a.split, step, iterations, a.out, a.segmenter, not a.quiet)
+    else:
+        step, iterations = _chosen(a)
+        crf = _crf_params(a)
+        dae_run.compare_dae(a.dae, a.data, a.split, step, iterations, crf, a.out, a.segmenter, not a.quiet)
+
+
 def cmd_export(a: argparse.Namespace) -> None:
     from .engine.checkpoint import export_checkpoint
     payload = export_checkpoint(a.checkpoint, a.out, half=not a.fp32)
@@ -210,6 +243,38 @@ def build_parser() -> argparse.ArgumentParser:
     cs.add_argument("--limit", type=int, help="use only the first N images of the split")
     cs.add_argument("--quiet", action="store_true")
     cs.set_defaults(func=cmd_crf_search)
+
+    dae = sub.add_parser("dae", help="iterative inference with a conditional denoising autoencoder (seed 000)")
+    dsub2 = dae.add_subparsers(dest="dae_command", required=True)
+    dt = dsub2.add_parser("train", help="train a DAE on a frozen segmenter's outputs (resumes from OUT/last.pt)")
+    dt.add_argument("config", help="YAML with data, dae_dict, train_dict, data_augmentation")
+    dt.add_argument("--segmenter", required=True, help="the segmentation checkpoint (frozen)")
+    dt.add_argument("--out", help="run folder (default runs/dae_CONFIG_NAME)")
+    dt.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train_dict.num_epochs=5")
+    dt.add_argument("--quiet", action="store_true")
+    for name, helptext in (("validate", "choose the step size and number of iterations on a validation split"),
+                           ("test", "apply the chosen step and iterations; metrics.json as 'structseg eval'"),
+                           ("compare", "base / + one DAE pass / + iterative inference / + dense CRF, one table")):
+        q = dsub2.add_parser(name, help=helptext)
+        q.add_argument("dae", help="DAE checkpoint (best.pt of 'dae train')")
+        q.add_argument("--data", required=True, help="dataset root")
+        q.add_argument("--split", required=True, help="split file, relative to ROOT")
+        q.add_argument("--out", required=name == "validate", help="output folder")
+        q.add_argument("--segmenter", help="segmentation checkpoint (default: the one the DAE was trained on)")
+        q.add_argument("--quiet", action="store_true")
+        if name == "validate":
+            q.add_argument("--steps", help="comma-separated step sizes (default 0.01,0.02,0.05,0.08,0.1,0.5,1)")
+            q.add_argument("--max-iterations", type=int, default=50)
+        else:
+            q.add_argument("--chosen", help="chosen.yaml from 'dae validate'")
+            q.add_argument("--step", type=float, help="step size (overrides --chosen)")
+            q.add_argument("--iterations", type=int, help="iterations (overrides --chosen)")
+        if name == "compare":
+            q.add_argument("--crf", nargs="?", const="", default=None, metavar="FILE",
+                           help="add a dense-CRF row; FILE: its settings (e.g. from 'structseg crf search')")
+            q.add_argument("--crf-set", action="append", metavar="KEY=VALUE")
+        q.set_defaults(func=cmd_dae)
+    dt.set_defaults(func=cmd_dae)
 
     x = sub.add_parser("export", help="a deployable checkpoint: fp16 weights, no optimiser state")
     x.add_argument("checkpoint")

@@ -85,3 +85,82 @@ def test_dae_config_errors():
         DAEConfig(concat_h=["pool9"]).validate()
     with pytest.raises(ValueError, match="needs the channel count"):
         ConditionalDAE(3, {}, DAEConfig(concat_h=["pool4"]))
+
+
+# ------------------------------------------------------------------ the train / validate / test protocol
+
+def test_choose_picks_the_argmax_of_a_known_table():
+    from structseg.structured.dae_run import choose
+    table = {0.1: [0.50, 0.52, 0.55, 0.54], 0.5: [0.50, 0.56, 0.53, 0.51], 1.0: [0.50, 0.40, 0.41, 0.42]}
+    assert choose(table) == (0.5, 1)
+    # iteration 0 (the base network) is never chosen, even when it is best; ties go to fewer iterations
+    assert choose({0.1: [0.9, 0.5, 0.6, 0.6]}) == (0.1, 2)
+
+
+def _dae_cfg(root, **train):
+    from structseg.config import dataclass_from_dict, read_yaml
+    from structseg.structured.dae_run import DAERunConfig
+    data = read_yaml("configs/synth/dae.yaml")
+    data["data"]["root"] = str(root)
+    data["train_dict"].update({"num_epochs": 2, "batch_size": [6, 6, 6], **train})
+    data["data_augmentation"]["crop_size"] = [32, 32]
+    cfg = dataclass_from_dict(DAERunConfig, data)
+    cfg.validate()
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def segmenter_run(synth_root, tmp_path_factory):
+    from structseg.engine.trainer import train
+    from .test_engine import tiny_config
+    run = tmp_path_factory.mktemp("seg")
+    train(tiny_config(synth_root, epochs=2), run, progress=False)
+    return run / "best.pt"
+
+
+def test_dae_train_validate_test_compare_end_to_end(synth_root, segmenter_run, tmp_path):
+    import json as _json
+
+    from structseg.cli import main as cli
+    from structseg.structured.dae_run import train_dae
+    out = tmp_path / "dae"
+    rec = train_dae(_dae_cfg(synth_root), segmenter_run, out, progress=False, stop_after_epochs=1)
+    assert rec["epoch"] == 1 and (out / "best.pt").exists()
+    rec = train_dae(_dae_cfg(synth_root), segmenter_run, out, progress=False)  # resumes for the 2nd epoch
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert rec["epoch"] == 2 and [_json.loads(ln)["epoch"] for ln in lines] == [1, 2]
+    with pytest.raises(Exception, match="another config"):
+        train_dae(_dae_cfg(synth_root, lmb=0.5), segmenter_run, out, progress=False)
+
+    assert cli(["dae", "validate", str(out / "best.pt"), "--data", str(synth_root), "--split", "val.txt",
+                "--out", str(tmp_path / "v"), "--steps", "0.1,1", "--max-iterations", "3", "--quiet"]) == 0
+    v = _json.loads((tmp_path / "v" / "validate.json").read_text())
+    best = max((m, s, i) for s, row in v["table"].items() for i, m in enumerate(row) if i >= 1)
+    assert v["miou"] == best[0] and (tmp_path / "v" / "miou_per_iteration.png").stat().st_size > 0
+    assert all(len(row) == 4 for row in v["table"].values())
+
+    assert cli(["dae", "test", str(out / "best.pt"), "--data", str(synth_root), "--split", "val.txt",
+                "--chosen", str(tmp_path / "v" / "chosen.yaml"), "--out", str(tmp_path / "t"), "--quiet"]) == 0
+    t = _json.loads((tmp_path / "t" / "metrics.json").read_text())
+    assert t["miou"] == pytest.approx(v["miou"], abs=1e-9)  # same split, same pair -> same number
+    assert {"miou", "mean_acc", "pixel_acc", "per_class_iou", "confusion"} <= set(t)
+
+    assert cli(["dae", "compare", str(out / "best.pt"), "--data", str(synth_root), "--split", "val.txt",
+                "--step", "1", "--iterations", "1", "--crf", "--crf-set", "iterations=2",
+                "--out", str(tmp_path / "c"), "--quiet"]) == 0
+    rows = _json.loads((tmp_path / "c" / "compare.json").read_text())
+    assert [r["method"].split(" (")[0] for r in rows] == ["base network", "+ DAE, one pass", "+ iterative inference",
+                                                          "+ dense CRF"]
+    assert rows[1]["miou"] == pytest.approx(rows[2]["miou"])  # step 1, one iteration is the one-pass DAE
+    assert rows[0]["miou"] == pytest.approx(v["base_miou"])
+
+
+def test_dae_config_file_errors(tmp_path, synth_root, segmenter_run):
+    from structseg.cli import main as cli
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("data: {root: x}\ntrain_dict: {optimiser: adam}\n")
+    assert cli(["dae", "train", str(cfg), "--segmenter", str(segmenter_run), "--out", str(tmp_path / "o")]) == 2
+    cfg.write_text(f"data: {{root: {synth_root}}}\ndae_dict: {{concat_h: [pool9]}}\n")
+    assert cli(["dae", "train", str(cfg), "--segmenter", str(segmenter_run), "--out", str(tmp_path / "o")]) == 2
+    assert cli(["dae", "test", str(tmp_path / "missing.pt"), "--data", str(synth_root), "--split", "val.txt",
+                "--step", "0.1", "--iterations", "2"]) == 2

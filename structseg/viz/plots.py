@@ -151,3 +151,10 @@ def confusion_heatmap(matrix: np.ndarray, names: list[str], out: str | Path) -> 
         lab = lab.rotate(90, expand=True)
         im.paste(lab, (left + j * cell, top + cell * n + 4), lab)
     return _save(im, out)
+
+
+def line_chart(series: dict[str, tuple[list, list]], out: str | Path, title: str) -> Path:
+    """One line chart of named ``(x, y)`` series (e.g. mIoU per iteration, one line per step size)."""
+    im = Image.new("RGB", (700, 420), "white")
+    _panel(ImageDraw.Draw(im), (0, 5, 700, 415), series, title)
+    return _save(im, out)
