@@ -164,3 +164,36 @@ def test_dae_config_file_errors(tmp_path, synth_root, segmenter_run):
     assert cli(["dae", "train", str(cfg), "--segmenter", str(segmenter_run), "--out", str(tmp_path / "o")]) == 2
     assert cli(["dae", "test", str(tmp_path / "missing.pt"), "--data", str(synth_root), "--split", "val.txt",
                 "--step", "0.1", "--iterations", "2"]) == 2
+
+
+def test_feature_taps_by_stride_and_by_name():
+    import torch.nn as nn
+
+    from structseg.errors import ConfigError
+    from structseg.structured.features import SegmenterWithFeatures
+
+    class Net(nn.Module):  # stride 2: a.2 (8 ch), b.0/b.1 (16 ch); stride 4: b.2 (16 ch), c (4 ch)
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+            self.b = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+            self.c = nn.Conv2d(16, 4, 1)
+
+        def forward(self, x):
+            return F.interpolate(self.c(self.b(self.a(x))), size=x.shape[-2:])
+
+    net = Net()
+    seg = SegmenterWithFeatures(net, ["pool1", "pool2", "input"])
+    # most channels at the stride, an activation/pooling output before a raw convolution
+    assert seg.taps == {"pool1": "b.1", "pool2": "b.2"}
+    assert seg.channels == {"pool1": 16, "pool2": 16, "input": 3}
+    x = torch.randn(2, 3, 20, 28)
+    probs, h = seg(x)
+    torch.testing.assert_close(probs.sum(1), torch.ones(2, 20, 28))
+    torch.testing.assert_close(h["pool2"], net.b(net.a(x)))
+    torch.testing.assert_close(h["input"], x)
+    assert SegmenterWithFeatures(net, ["pool2"], {"pool2": "c"}).taps == {"pool2": "c"}
+    with pytest.raises(ConfigError, match="no module"):
+        SegmenterWithFeatures(net, ["pool2"], {"pool2": "nope"})
+    with pytest.raises(ConfigError, match="stride-8"):
+        SegmenterWithFeatures(net, ["pool3"])

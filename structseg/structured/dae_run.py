@@ -32,7 +32,7 @@ from ..config import dataclass_from_dict, read_yaml
 from ..data.dataset import SegmentationDataset
 from ..data.io import atomic_path, load_torch_file
 from ..data.transforms import EvalTransform, TrainTransform
-from ..engine.checkpoint import checkpoint_classes, load_checkpoint, model_from_checkpoint
+from ..engine.checkpoint import checkpoint_classes, load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from ..engine.metrics import ConfusionMatrix
 from ..engine.report import format_table, metrics_record
 from ..engine.runtime import pick_device, set_threads
@@ -222,7 +222,7 @@ def train_dae(cfg: DAERunConfig, segmenter: str | Path, out: str | Path, progres
         dae.load_state_dict(ck["state_dict"])
         opt.load_state_dict(ck["optimizer"])
         state = ck["train_state"]
-    payload = {"format": FORMAT, "config": cfg_dict, "segmenter": str(Path(segmenter).resolve()),
+    payload = {"format": FORMAT, "config": cfg_dict, "segmenter": str(resolve_checkpoint(segmenter).resolve()),
                "taps": seg.taps, "h_channels": seg.channels, "num_classes": classes,
                "classes": train_ds.classes.to_dict()}
     record: dict[str, Any] = {}
