@@ -4,7 +4,7 @@ Input: a real CamVid frame (480x360, and the same frame upscaled to 960x720) and
 network output, softmax(4 * onehot(label) + N(0, 1) + 1.5 * smooth noise), with 11 classes or
 21 (10 extra noise-only channels); Krähenbühl's settings (smoothness 3/3, appearance 10/80/13).
 Both sides are timed end to end: unary from probabilities, lattice construction, N mean-field
-iterations, argmax. Reported: median of --repeats runs (after one warm-up), the share of
+iterations, argmax. Reported: median of --repeats runs (after three warm-up runs), the share of
 identical labels, and forward+backward time of our CRF (gradient w.r.t. the unaries).
 Before every timed block the script waits until the machine is idle (< 10 % busy).
 
@@ -93,7 +93,8 @@ def run_ours_backward(image_t, probs_t, it, p: CRFParams):
 
 
 def timed(fn, repeats: int, sync=lambda: None):
-    fn()  # warm-up (also fills the position-lattice cache, as in steady use)
+    for _ in range(3):  # warm-up: steady use (fills the position-lattice cache; the allocator's pools grow)
+        fn()
     times = []
     for _ in range(repeats):
         wait_idle()

@@ -22,6 +22,13 @@ def cmd_data_check(a: argparse.Namespace) -> int:
     return 1 if rep.problems else 0
 
 
+def cmd_data_pack(a: argparse.Namespace) -> None:
+    from .data.packed import pack_split
+    out = pack_split(a.root, a.split, a.out, a.shard_mb, progress=not a.quiet)
+    size = sum(f.stat().st_size for f in out.glob("shard-*.bin"))
+    print(f"packed {a.split} into {out} ({size / 2**20:.1f} MiB); train on it with data.train_split={out}")
+
+
 def cmd_train(a: argparse.Namespace) -> None:
     from .config import load_config
     from .engine.trainer import train
@@ -181,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("root")
     c.add_argument("--split", required=True, help="split file, relative to ROOT")
     c.set_defaults(func=cmd_data_check)
+    k = dsub.add_parser("pack", help="pack a split's decoded images and labels into memory-mapped shards")
+    k.add_argument("root")
+    k.add_argument("--split", required=True, help="split file, relative to ROOT")
+    k.add_argument("--out", help="new folder (default ROOT/packed/SPLIT_NAME)")
+    k.add_argument("--shard-mb", type=int, default=256, help="shard size in MiB (default 256)")
+    k.add_argument("--quiet", action="store_true")
+    k.set_defaults(func=cmd_data_pack)
 
     from .data.converters import KINDS
     cv = sub.add_parser("convert", help="convert a dataset from its original layout into the unified layout",

@@ -63,3 +63,77 @@ def test_shipped_camvid_checkpoint_reaches_its_recorded_val_miou(camvid, tmp_pat
     metrics = evaluate_checkpoint("camvid-unet", camvid, "val.txt", tmp_path, panels=0, progress=False)
     assert metrics["miou"] >= 0.60
     assert abs(metrics["miou"] - load_checkpoint("camvid-unet")["metrics"]["miou"]) < 0.005
+
+
+# ------------------------------------------------------------------ converters on the real data, round trip
+# The original releases are not on this machine, so each is rebuilt from ../shared/data in its exact original
+# layout (file names, folders, colour coding, split files); converting it must give back every label exactly.
+
+def _convert_check_and_compare(kind, src, dst, reference, **options):
+    from structseg.data.converters import convert
+    summary = convert(kind, src, dst, progress=False, **options)
+    for split in ("train.txt", "val.txt"):
+        assert check_split(dst, split, progress=False).problems == []
+        ours, ref = SegmentationDataset(dst, split), SegmentationDataset(reference, split)
+        assert len(ours) == len(ref)
+        by_stem = {p[0].stem: i for i, p in enumerate(ref.pairs)}
+        for i, (img, _) in enumerate(ours.pairs):
+            np.testing.assert_array_equal(ours.load(i)[1], ref.load(by_stem[img.stem])[1], err_msg=str(img))
+    return summary
+
+
+def test_convert_camvid_segnet_layout(camvid, tmp_path):
+    s = _convert_check_and_compare("camvid", camvid, tmp_path / "out", camvid, layout="segnet")
+    assert s.images == {"train": 367, "val": 101}
+
+
+def test_convert_camvid_original_layout(camvid, tmp_path):
+    from PIL import Image
+
+    from structseg.data.converters.camvid import ORIGINAL
+    src = tmp_path / "CamVid"
+    (src / "701_StillsRaw_full").mkdir(parents=True)
+    (src / "LabeledApproved_full").mkdir()
+    (src / "label_colors.txt").write_text("".join(f"{r} {g} {b}\t{n}\n" for n, ((r, g, b), _) in ORIGINAL.items()))
+    ref = SegmentationDataset(camvid, "train.txt")
+    same_name = ["Sky", "Building", "Column_Pole", "Road", "Sidewalk", "Tree", "SignSymbol", "Fence", "Car",
+                 "Pedestrian", "Bicyclist", "Void"]  # one of the 32 original colours per class, void last
+    colours = np.array([ORIGINAL[n][0] for n in same_name], dtype=np.uint8)
+    for split in ("train.txt", "val.txt"):
+        ds = SegmentationDataset(camvid, split, cache=False)
+        for i, (img_path, _) in enumerate(ds.pairs):
+            img, lab = ds.load(i)
+            big = lambda a: a.repeat(2, 0).repeat(2, 1)  # noqa: E731 - 480x360 -> the original 960x720
+            Image.fromarray(big(img)).save(src / "701_StillsRaw_full" / f"{img_path.stem}.png")
+            Image.fromarray(colours[big(lab)]).save(src / "LabeledApproved_full" / f"{img_path.stem}_L.png")
+    assert ref.classes.ignore_index == 11
+    s = _convert_check_and_compare("camvid", src, tmp_path / "out", camvid, scale=0.5)
+    assert s.images == {"train": 367, "val": 101}  # SegNet's assignment recovered from the frame names
+
+
+def test_convert_msrc_original_colour_layout(tmp_path):
+    if not MSRC.is_dir():
+        pytest.skip(f"{MSRC} not present")
+    from PIL import Image
+
+    from structseg.data.converters.msrc import CLASSES, ORIGINAL
+    from structseg.data.converters.voc import voc_colormap
+    root = tmp_path / "src" / "MSRC_ObjCategImageDatabase_v2"
+    (root / "Images").mkdir(parents=True)
+    (root / "GroundTruth").mkdir()
+    cmap = voc_colormap(len(ORIGINAL) + 1)
+    colours = np.zeros((256, 3), np.uint8)  # 255 (void) stays black, as in the original
+    for k, name in enumerate(CLASSES):
+        colours[k] = cmap[ORIGINAL.index(name) + 1]
+    splits = {"train.txt": "Train.txt", "val.txt": "Validation.txt"}
+    for split, shotton in splits.items():
+        ds = SegmentationDataset(MSRC, split, cache=False)
+        names = []
+        for i, (img_path, _) in enumerate(ds.pairs):
+            img, lab = ds.load(i)
+            Image.fromarray(img).save(root / "Images" / f"{img_path.stem}.bmp")
+            Image.fromarray(colours[lab]).save(root / "GroundTruth" / f"{img_path.stem}_GT.bmp")
+            names.append(f"{img_path.stem}.bmp\n")
+        (tmp_path / shotton).write_text("".join(names))
+    s = _convert_check_and_compare("msrc", tmp_path / "src", tmp_path / "out", MSRC, splits=tmp_path)
+    assert s.images == {"train": 276, "val": 58}

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from ..errors import DataError
 from .io import load_image, load_label
 from .layout import ClassInfo, read_classes, read_split
+from .packed import PackedSplit, is_packed
 
 
 def validate_pair(image: np.ndarray, label: np.ndarray, classes: ClassInfo, image_path: Path,
@@ -39,6 +40,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
 
     Without a transform an item is ``(uint8 (3,H,W), int64 (H,W))``; with one, whatever the
     transform returns. The transform is called as ``transform(image_hwc, label_hw, generator)``.
+    ``split`` may also name a packed split folder (``structseg data pack``), read by memory map.
     """
 
     def __init__(self, root: str | Path, split: str | Path, transform: Callable | None = None,
@@ -46,7 +48,15 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.root = Path(root)
         self.split = str(split)
         self.classes = read_classes(self.root)
-        self.pairs = read_split(self.root, split)
+        folder = Path(split) if Path(split).is_absolute() else self.root / split
+        self.packed = PackedSplit(folder) if is_packed(folder) else None
+        if self.packed is not None:
+            if self.packed.classes != self.classes:
+                raise DataError(f"{folder}: packed with other classes than {self.root / 'classes.json'}; re-pack it")
+            self.pairs = [tuple(self.root / n for n in self.packed.names(i)) for i in range(len(self.packed))]
+            cache = False  # reading a packed sample is already a copy out of the page cache
+        else:
+            self.pairs = read_split(self.root, split)
         self.transform = transform
         self.cache = cache
         self.seed = seed
@@ -65,6 +75,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         """Decoded, validated ``(image (H,W,3) uint8, label (H,W) uint8)``, cached when enabled."""
         if self._images[index] is not None:
             return self._images[index], self._labels[index]
+        if self.packed is not None:
+            return self.packed.load(index)  # validated when packed
         img_path, lab_path = self.pairs[index]
         image, label = load_image(img_path), load_label(lab_path)
         validate_pair(image, label, self.classes, img_path, lab_path)

@@ -181,7 +181,7 @@ def iterative_inference(dae: ConditionalDAE, y0: torch.Tensor, h: dict[str, torc
             continue
         idx = active.nonzero().flatten()
         sub_h = {k: v[idx] for k, v in h.items()}
-        r = torch.softmax(dae(y[idx], sub_h), 1)
+        r = torch.softmax(dae(y[idx], sub_h).float(), 1)
         g = r - y[idx]
         y[idx] = (y[idx] + step * g).clamp_(0, 1)
         norm = g.norm(dim=1).mean(dim=(1, 2))

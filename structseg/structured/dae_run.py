@@ -35,7 +35,7 @@ from ..data.transforms import EvalTransform, TrainTransform
 from ..engine.checkpoint import checkpoint_classes, load_checkpoint, model_from_checkpoint, resolve_checkpoint
 from ..engine.metrics import ConfusionMatrix
 from ..engine.report import format_table, metrics_record
-from ..engine.runtime import pick_device, set_threads
+from ..engine.runtime import amp_dtype, autocast, pick_device, set_threads
 from ..errors import CheckpointError, ConfigError
 from ..viz.plots import class_bars, confusion_heatmap, line_chart
 from .dae import ConditionalDAE, DAEConfig, corrupt, dae_loss, iterative_inference
@@ -61,6 +61,7 @@ class TrainDict:
     training_loss: list[str] = field(default_factory=lambda: ["crossentropy", "squared_error"])
     lmb: float = 1.0
     full_im_ft: bool = False  # fine-tune on full images instead of crops
+    amp: str = "auto"  # not in the seed: autocast for the segmenter and the DAE (auto, bf16, fp16, off)
 
 
 @dataclass
@@ -103,6 +104,7 @@ class DAERunConfig:
             (a.horizontal_flip in (0, 0.5), f"data_augmentation.horizontal_flip {a.horizontal_flip}: 0 or 0.5"),
             (a.fill_mode == "constant", f"data_augmentation.fill_mode {a.fill_mode!r}: only 'constant' (void) is supported"),
             (bool(self.data.root), "data.root: the dataset folder is required"),
+            (t.amp in ("auto", "bf16", "fp16", "off"), f"train_dict.amp {t.amp!r}: expected auto, bf16, fp16 or off"),
         ]
         for ok, message in checks:
             if not ok:
@@ -212,6 +214,7 @@ def train_dae(cfg: DAERunConfig, segmenter: str | Path, out: str | Path, progres
     torch.manual_seed(cfg.seed)
     dae = ConditionalDAE(classes, seg.channels, cfg.dae_dict).to(device)
     opt = _optimizer(dae.parameters(), t)
+    dtype = amp_dtype(t.amp, device)
     lmb = t.lmb if "squared_error" in t.training_loss else 0.0
     state = {"epoch": 0, "best": math.inf, "patience": 0}
     last = out / "last.pt"
@@ -240,14 +243,16 @@ def train_dae(cfg: DAERunConfig, segmenter: str | Path, out: str | Path, progres
                    disable=not progress, leave=False)
         for x, label, _ in bar:
             x, label = x.to(device), label.to(device)
-            y, h = _dae_inputs(seg, x, label, cfg, classes, g)
-            loss = dae_loss(dae(y, h), label, ignore, lmb)
+            with autocast(device, dtype):
+                y, h = _dae_inputs(seg, x, label, cfg, classes, g)
+                logits = dae(y, h)
+            loss = dae_loss(logits.float(), label, ignore, lmb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses):.4f}")
-        val_loss, cm = _validation(dae, seg, val_ds, cfg, classes, ignore, lmb, device)
+        val_loss, cm = _validation(dae, seg, val_ds, cfg, classes, ignore, lmb, device, dtype)
         m = cm.compute()
         state["epoch"] = epoch + 1
         improved = val_loss < state["best"]
@@ -267,14 +272,15 @@ def train_dae(cfg: DAERunConfig, segmenter: str | Path, out: str | Path, progres
 
 
 @torch.no_grad()
-def _validation(dae, seg, ds, cfg, classes, ignore, lmb, device) -> tuple[float, ConfusionMatrix]:
+def _validation(dae, seg, ds, cfg, classes, ignore, lmb, device, dtype) -> tuple[float, ConfusionMatrix]:
     dae.eval()
     cm = ConfusionMatrix(classes, ignore)
     total, n = 0.0, 0
     for x, label, _ in batches(ds, range(len(ds)), cfg.train_dict.batch_size[1]):
         x, label = x.to(device), label.to(device)
-        y, h = _dae_inputs(seg, x, label, cfg, classes, None)
-        logits = dae(y, h)
+        with autocast(device, dtype):
+            y, h = _dae_inputs(seg, x, label, cfg, classes, None)
+            logits = dae(y, h).float()
         total += dae_loss(logits, label, ignore, lmb).item() * x.shape[0]
         n += x.shape[0]
         cm.update(logits.argmax(1).cpu(), label.cpu())
@@ -302,6 +308,7 @@ def validate_dae(dae_path: str | Path, root: str | Path, split: str, out: str | 
                  progress: bool = True) -> dict:
     device = pick_device()
     cfg, seg_ckpt, seg, dae = load_dae(dae_path, segmenter, device)
+    dtype = amp_dtype(cfg.train_dict.amp, device)
     ds = _dataset(root, split, seg_ckpt)
     classes, ignore = ds.classes.num_classes, ds.classes.ignore_index
     table: dict[float, list[float]] = {}
@@ -309,10 +316,11 @@ def validate_dae(dae_path: str | Path, root: str | Path, split: str, out: str | 
         cms = [ConfusionMatrix(classes, ignore) for _ in range(max_iterations + 1)]
         for x, label, _ in tqdm(list(batches(ds, range(len(ds)), cfg.train_dict.batch_size[1])),
                                 desc=f"step {step}", unit="batch", disable=not progress, leave=False):
-            y0, h = seg(x.to(device))
-            cms[0].update(y0.argmax(1).cpu(), label)
-            iterative_inference(dae, y0, h, step, max_iterations,
-                                on_iteration=lambda i, y, lab=label: cms[i].update(y.argmax(1).cpu(), lab))
+            with autocast(device, dtype):
+                y0, h = seg(x.to(device))
+                cms[0].update(y0.argmax(1).cpu(), label)
+                iterative_inference(dae, y0, h, step, max_iterations,
+                                    on_iteration=lambda i, y, lab=label: cms[i].update(y.argmax(1).cpu(), lab))
         table[step] = [cm.compute()["miou"] for cm in cms]
         if progress:
             it = int(np.argmax(table[step][1:])) + 1
@@ -348,15 +356,18 @@ def _score(dae_path, root, split, segmenter, methods: dict[str, Callable], progr
     """Confusion matrices of several refinements of the base probabilities, in one pass over the split."""
     device = pick_device()
     cfg, seg_ckpt, seg, dae = load_dae(dae_path, segmenter, device)
+    dtype = amp_dtype(cfg.train_dict.amp, device)
     ds = _dataset(root, split, seg_ckpt)
     cms = {k: ConfusionMatrix(ds.classes.num_classes, ds.classes.ignore_index) for k in methods}
     t0 = {k: 0.0 for k in methods}
     for x, label, idx in tqdm(list(batches(ds, range(len(ds)), cfg.train_dict.batch_size[batch_index])),
                               desc="scoring", unit="batch", disable=not progress, leave=False):
-        y0, h = seg(x.to(device))
+        with autocast(device, dtype):
+            y0, h = seg(x.to(device))
         for name, fn in methods.items():
             start = time.perf_counter()
-            y = fn(dae, y0, h, ds, idx)
+            with autocast(device, dtype):
+                y = fn(dae, y0, h, ds, idx)
             t0[name] += time.perf_counter() - start
             cms[name].update(y.argmax(1).cpu(), label)
     return ds, cms, t0
@@ -392,8 +403,12 @@ def compare_dae(dae_path: str | Path, root: str | Path, split: str, step: float,
     if crf is not None:
         from .crf_postprocess import crf_refiner
         refine = crf_refiner(crf)
-        methods[f"+ dense CRF ({crf.iterations} it.)"] = lambda dae, y0, h, ds, idx: torch.cat(
-            [refine(torch.log(y0[k:k + 1].clamp(min=1e-8)), ds.load(i)[0]) for k, i in enumerate(idx)])
+
+        def dense_crf(dae, y0, h, ds, idx):
+            with torch.autocast(y0.device.type, enabled=False):  # the CRF runs in float32, as in eval
+                return torch.cat([refine(torch.log(y0[k:k + 1].clamp(min=1e-8)), ds.load(i)[0])
+                                  for k, i in enumerate(idx)])
+        methods[f"+ dense CRF ({crf.iterations} it.)"] = dense_crf
     ds, cms, seconds = _score(dae_path, root, split, segmenter, methods, progress)
     rows = []
     for name, cm in cms.items():
