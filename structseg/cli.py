@@ -26,7 +26,9 @@ def cmd_data_pack(a: argparse.Namespace) -> None:
     from .data.packed import pack_split
     out = pack_split(a.root, a.split, a.out, a.shard_mb, progress=not a.quiet)
     size = sum(f.stat().st_size for f in out.glob("shard-*.bin"))
-    print(f"packed {a.split} into {out} ({size / 2**20:.1f} MiB); train on it with data.train_split={out}")
+    root = Path(a.root).resolve()
+    split = out.resolve().relative_to(root) if root in out.resolve().parents else out.resolve()
+    print(f"packed {a.split} into {out} ({size / 2**20:.1f} MiB); train on it with data.train_split={split}")
 
 
 def cmd_train(a: argparse.Namespace) -> None:

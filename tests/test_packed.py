@@ -19,7 +19,7 @@ def test_packed_split_reads_the_same_samples_as_the_pngs(synth_root, tmp_path, c
     # a 0-MiB shard limit puts every sample in its own shard: offsets and shard switching are exercised
     assert main(["data", "pack", str(synth_root), "--split", "train.txt", "--out", str(out), "--shard-mb", "0",
                  "--quiet"]) == 0
-    assert "packed train.txt" in capsys.readouterr().out
+    assert f"data.train_split={out.resolve()}" in capsys.readouterr().out
     loose = SegmentationDataset(synth_root, "train.txt")
     packed = SegmentationDataset(synth_root, str(out))
     assert len(packed) == len(loose) == len(list(out.glob("shard-*.bin")))
