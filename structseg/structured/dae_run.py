@@ -220,7 +220,8 @@ def train_dae(cfg: DAERunConfig, segmenter: str | Path, out: str | Path, progres
     last = out / "last.pt"
     if last.exists():
         ck = load_torch_file(last, "DAE checkpoint")
-        if ck.get("config") != cfg_dict:
+        same = lambda c: {k: v for k, v in (c or {}).items() if k != "threads"}  # noqa: E731 - threads may change
+        if same(ck.get("config")) != same(cfg_dict):
             raise ConfigError(f"{last}: belongs to a run with another config; use a new --out folder")
         dae.load_state_dict(ck["state_dict"])
         opt.load_state_dict(ck["optimizer"])
