@@ -105,9 +105,11 @@ def cmd_convert(a: argparse.Namespace) -> None:
 
 def _chosen(a: argparse.Namespace) -> tuple[float, int]:
     from .errors import ConfigError
-    from .structured.dae_run import read_chosen
+    from .structured.dae_run import read_chosen, read_dae_checkpoint
     if a.chosen:
         step, iterations = read_chosen(a.chosen)
+    elif (a.step is None or a.iterations is None) and "chosen" in (ck := read_dae_checkpoint(a.dae)):
+        step, iterations = ck["chosen"]["step"], ck["chosen"]["iterations"]  # recorded by 'structseg export --chosen'
     elif a.step is None or a.iterations is None:
         raise ConfigError("give --chosen FILE (from 'structseg dae validate') or both --step and --iterations")
     else:
@@ -137,10 +139,22 @@ def cmd_dae(a: argparse.Namespace) -> None:
 
 
 def cmd_export(a: argparse.Namespace) -> None:
-    from .engine.checkpoint import export_checkpoint
-    payload = export_checkpoint(a.checkpoint, a.out, half=not a.fp32)
+    from .data.io import load_torch_file
+    from .engine.checkpoint import export_checkpoint, resolve_checkpoint
+    from .errors import ConfigError
+    from .structured.dae_run import FORMAT as DAE_FORMAT
+    from .structured.dae_run import export_dae, read_chosen, shipped_daes
+    ck = load_torch_file(shipped_daes().get(a.checkpoint) or resolve_checkpoint(a.checkpoint))
+    if isinstance(ck, dict) and ck.get("format") == DAE_FORMAT:
+        payload = export_dae(a.checkpoint, a.out, half=not a.fp32, chosen=read_chosen(a.chosen) if a.chosen else None)
+        what = f"DAE on segmenter {payload['segmenter']}" + (f", chosen {payload['chosen']}" if a.chosen else "")
+    elif a.chosen:
+        raise ConfigError("--chosen applies to DAE checkpoints only")
+    else:
+        payload = export_checkpoint(a.checkpoint, a.out, half=not a.fp32)
+        what = f"model {payload['model']['name']}"
     size = Path(a.out).stat().st_size / 2 ** 20
-    print(f"wrote {a.out} ({size:.1f} MiB, {'fp32' if a.fp32 else 'fp16'} weights, model {payload['model']['name']})")
+    print(f"wrote {a.out} ({size:.1f} MiB, {'fp32' if a.fp32 else 'fp16'} weights, {what})")
 
 
 def cmd_models(a: argparse.Namespace) -> None:
@@ -272,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
                            ("test", "apply the chosen step and iterations; metrics.json as 'structseg eval'"),
                            ("compare", "base / + one DAE pass / + iterative inference / + dense CRF, one table")):
         q = dsub2.add_parser(name, help=helptext)
-        q.add_argument("dae", help="DAE checkpoint (best.pt of 'dae train')")
+        q.add_argument("dae", help="DAE checkpoint (best.pt of 'dae train', or a shipped DAE's name)")
         q.add_argument("--data", required=True, help="dataset root")
         q.add_argument("--split", required=True, help="split file, relative to ROOT")
         q.add_argument("--out", required=name == "validate", help="output folder")
@@ -296,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("checkpoint")
     x.add_argument("out")
     x.add_argument("--fp32", action="store_true", help="keep float32 weights")
+    x.add_argument("--chosen", help="DAE checkpoints: record this chosen.yaml (from 'dae validate') as the default")
     x.set_defaults(func=cmd_export)
 
     d = sub.add_parser("demo", help="synthetic data -> train ~2 min -> evaluate -> pictures")

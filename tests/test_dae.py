@@ -154,6 +154,20 @@ def test_dae_train_validate_test_compare_end_to_end(synth_root, segmenter_run, t
     assert rows[1]["miou"] == pytest.approx(rows[2]["miou"])  # step 1, one iteration is the one-pass DAE
     assert rows[0]["miou"] == pytest.approx(v["base_miou"])
 
+    # export: fp16 weights, no optimiser state, the chosen pair recorded and used by 'dae test' by default
+    assert cli(["export", str(out / "best.pt"), str(tmp_path / "d16.pt"), "--chosen",
+                str(tmp_path / "v" / "chosen.yaml")]) == 0
+    import torch
+    ck = torch.load(tmp_path / "d16.pt", weights_only=True)
+    assert "optimizer" not in ck and ck["chosen"] == {"step": v["step"], "iterations": v["iterations"]}
+    assert all(t.dtype == torch.float16 for t in ck["state_dict"].values() if t.is_floating_point())
+    assert cli(["dae", "test", str(tmp_path / "d16.pt"), "--data", str(synth_root), "--split", "val.txt",
+                "--out", str(tmp_path / "t16"), "--quiet"]) == 0
+    t16 = _json.loads((tmp_path / "t16" / "metrics.json").read_text())
+    assert (t16["step"], t16["iterations"]) == (v["step"], v["iterations"])
+    assert t16["miou"] == pytest.approx(t["miou"], abs=0.02)  # fp16 weights: the same result within rounding
+    assert cli(["export", str(segmenter_run), str(tmp_path / "s.pt"), "--chosen", str(tmp_path / "v" / "chosen.yaml")]) == 2
+
 
 def test_dae_config_file_errors(tmp_path, synth_root, segmenter_run):
     from structseg.cli import main as cli

@@ -32,7 +32,8 @@ from ..config import dataclass_from_dict, read_yaml
 from ..data.dataset import SegmentationDataset
 from ..data.io import atomic_path, load_torch_file
 from ..data.transforms import EvalTransform, TrainTransform
-from ..engine.checkpoint import checkpoint_classes, load_checkpoint, model_from_checkpoint, resolve_checkpoint
+from ..engine.checkpoint import (PRETRAINED_DIR, checkpoint_classes, load_checkpoint, model_from_checkpoint,
+                                 pretrained_models, resolve_checkpoint)
 from ..engine.metrics import ConfusionMatrix
 from ..engine.report import format_table, metrics_record
 from ..engine.runtime import amp_dtype, autocast, pick_device, set_threads
@@ -134,6 +135,11 @@ def load_segmenter(path: str | Path, names: list[str], layers: dict[str, str], t
     return ckpt, SegmenterWithFeatures(model, names, layers, temperature)
 
 
+def _segmenter_ref(segmenter: str | Path) -> str:
+    """How a DAE checkpoint names its segmenter: a shipped model by name (valid on any install), else a path."""
+    return str(segmenter) if str(segmenter) in pretrained_models() else str(resolve_checkpoint(segmenter).resolve())
+
+
 def _dataset(root: str | Path, split: str, ckpt: dict, transform=None) -> SegmentationDataset:
     norm = ckpt["normalization"]
     ds = SegmentationDataset(root, split, transform or EvalTransform(tuple(norm["mean"]), tuple(norm["std"])))
@@ -143,11 +149,40 @@ def _dataset(root: str | Path, split: str, ckpt: dict, transform=None) -> Segmen
     return ds
 
 
-def load_dae(path: str | Path, segmenter: str | Path | None, device: torch.device):
-    """A trained DAE checkpoint, its segmenter (the one it was trained on unless ``segmenter`` is given)."""
+def shipped_daes() -> dict[str, Path]:
+    """DAE checkpoints shipped with the package, by name (``camvid-unet-dae`` -> ``pretrained/dae/camvid_unet_dae.pt``)."""
+    return {p.stem.replace("_", "-"): p for p in sorted((PRETRAINED_DIR / "dae").glob("*.pt"))}
+
+
+def read_dae_checkpoint(path: str | Path) -> dict:
+    """A DAE checkpoint file, or the name of a shipped one, read safely and checked."""
+    path = shipped_daes().get(str(path), path)
     ck = load_torch_file(path, "DAE checkpoint")
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a structseg DAE checkpoint (expected format {FORMAT})")
+    return ck
+
+
+def export_dae(src: str | Path, dst: str | Path, half: bool = True, chosen: tuple[float, int] | None = None) -> dict:
+    """A deployable DAE: weights (fp16 when ``half``), config, segmenter reference and, when given, the chosen
+    (step, iterations), which ``dae test`` and ``dae compare`` then use by default; no optimiser state."""
+    ck = read_dae_checkpoint(src)
+    payload = {k: v for k, v in ck.items() if k not in ("state_dict", "optimizer", "train_state")}
+    seg = Path(str(ck["segmenter"]))
+    shipped = {p.name: name for name, p in pretrained_models().items()}
+    if seg.parent.name == "pretrained" and seg.name in shipped:  # a shipped segmenter: by name, valid on any install
+        payload["segmenter"] = shipped[seg.name]
+    payload["state_dict"] = {k: (v.half() if half and v.is_floating_point() else v).clone()
+                             for k, v in ck["state_dict"].items()}
+    if chosen is not None:
+        payload["chosen"] = {"step": float(chosen[0]), "iterations": int(chosen[1])}
+    _save(Path(dst), payload)
+    return payload
+
+
+def load_dae(path: str | Path, segmenter: str | Path | None, device: torch.device):
+    """A trained DAE checkpoint, its segmenter (the one it was trained on unless ``segmenter`` is given)."""
+    ck = read_dae_checkpoint(path)
     cfg = dataclass_from_dict(DAERunConfig, ck["config"])
     seg_ckpt, seg = load_segmenter(segmenter or ck["segmenter"], cfg.dae_dict.concat_h, ck["taps"],
                                    cfg.dae_dict.temperature, device)
@@ -226,7 +261,7 @@ def train_dae(cfg: DAERunConfig, segmenter: str | Path, out: str | Path, progres
         dae.load_state_dict(ck["state_dict"])
         opt.load_state_dict(ck["optimizer"])
         state = ck["train_state"]
-    payload = {"format": FORMAT, "config": cfg_dict, "segmenter": str(resolve_checkpoint(segmenter).resolve()),
+    payload = {"format": FORMAT, "config": cfg_dict, "segmenter": _segmenter_ref(segmenter),
                "taps": seg.taps, "h_channels": seg.channels, "num_classes": classes,
                "classes": train_ds.classes.to_dict()}
     record: dict[str, Any] = {}
