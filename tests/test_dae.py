@@ -211,3 +211,16 @@ def test_feature_taps_by_stride_and_by_name():
         SegmenterWithFeatures(net, ["pool2"], {"pool2": "nope"})
     with pytest.raises(ConfigError, match="stride-8"):
         SegmenterWithFeatures(net, ["pool3"])
+
+
+def test_shipped_camvid_dae_loads_by_name_with_its_chosen_pair():
+    import torch
+
+    from structseg.structured.dae_run import load_dae, read_dae_checkpoint, shipped_daes
+    assert "camvid-unet-dae" in shipped_daes()
+    ck = read_dae_checkpoint("camvid-unet-dae")
+    assert ck["segmenter"] == "camvid-unet" and ck["chosen"] == {"step": 0.05, "iterations": 17}
+    cfg, _, seg, dae = load_dae("camvid-unet-dae", None, torch.device("cpu"))  # weights fit the architecture
+    y = torch.softmax(torch.randn(1, 11, 64, 96), 1)
+    _, h = seg(torch.zeros(1, 3, 64, 96))
+    assert dae(y, h).shape == (1, 11, 64, 96)
