@@ -85,8 +85,12 @@ class PackedSplit:
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise DataError(f"{self.path / INDEX}: not a structseg packed split ({e}); re-run structseg data pack") from None
         self._maps: dict[int, np.memmap] = {}
+        last: dict[int, tuple] = {}  # per shard, the sample that ends furthest into it: one stat per shard
         for s in self.samples:
-            shard = self.path / f"shard-{s[0]:05d}.bin"
+            if s[0] not in last or s[1] > last[s[0]][1]:
+                last[s[0]] = s
+        for number, s in last.items():
+            shard = self.path / f"shard-{number:05d}.bin"
             end = s[1] + s[2] * s[3] * 4
             if not shard.is_file() or shard.stat().st_size < end:
                 raise DataError(f"{shard}: missing or truncated (sample {s[4]} ends at byte {end}); re-pack the split")

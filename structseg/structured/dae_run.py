@@ -136,8 +136,16 @@ def load_segmenter(path: str | Path, names: list[str], layers: dict[str, str], t
 
 
 def _segmenter_ref(segmenter: str | Path) -> str:
-    """How a DAE checkpoint names its segmenter: a shipped model by name (valid on any install), else a path."""
-    return str(segmenter) if str(segmenter) in pretrained_models() else str(resolve_checkpoint(segmenter).resolve())
+    """How a DAE checkpoint names its segmenter: a shipped model by name (valid on any install, also when given
+    as the path of a shipped file, e.g. recorded by another install), else an absolute path."""
+    shipped = pretrained_models()
+    by_file = {p.name: name for name, p in shipped.items()}
+    path = Path(str(segmenter))
+    if str(segmenter) in shipped:
+        return str(segmenter)
+    if path.parent.name == "pretrained" and path.name in by_file:
+        return by_file[path.name]
+    return str(resolve_checkpoint(segmenter).resolve())
 
 
 def _dataset(root: str | Path, split: str, ckpt: dict, transform=None) -> SegmentationDataset:
@@ -168,10 +176,7 @@ def export_dae(src: str | Path, dst: str | Path, half: bool = True, chosen: tupl
     (step, iterations), which ``dae test`` and ``dae compare`` then use by default; no optimiser state."""
     ck = read_dae_checkpoint(src)
     payload = {k: v for k, v in ck.items() if k not in ("state_dict", "optimizer", "train_state")}
-    seg = Path(str(ck["segmenter"]))
-    shipped = {p.name: name for name, p in pretrained_models().items()}
-    if seg.parent.name == "pretrained" and seg.name in shipped:  # a shipped segmenter: by name, valid on any install
-        payload["segmenter"] = shipped[seg.name]
+    payload["segmenter"] = _segmenter_ref(ck["segmenter"])
     payload["state_dict"] = {k: (v.half() if half and v.is_floating_point() else v).clone()
                              for k, v in ck["state_dict"].items()}
     if chosen is not None:
