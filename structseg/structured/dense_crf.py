@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .lattice import PermutohedralLattice, csr
+from .lattice import PermutohedralLattice, SparseRows
 
 
 class GaussianKernel:
@@ -39,15 +39,13 @@ def position_features(height: int, width: int, sxy: float, device, dtype=torch.f
 
 
 class _Block:
-    """One normalised kernel's pieces in CSR form: splat rows (M), slice columns, values with ``n`` folded in."""
+    """One normalised kernel's pieces: its splat ``(M, BN)`` and its slice entries, with ``n`` folded in."""
 
     def __init__(self, kernel: GaussianKernel):
         lat = kernel.lattice
-        crow, point, entry = lat.splat_layout
-        m = lat.num_lattice_points
-        self.m, self.points, self.alpha, self.neighbours = m, lat.batch * lat.num_points, lat.alpha, lat.neighbours
-        self.splat_crow, self.splat_col = crow[:m + 1], point
-        self.splat_val = lat.bary.flatten().index_select(0, entry) * kernel.norm.index_select(0, point)
+        self.m, self.points, self.alpha, self.neighbours = (lat.num_lattice_points, lat.batch * lat.num_points,
+                                                             lat.alpha, lat.neighbours)
+        self.splat = lat.splat_matrix(kernel.norm)
         self.slice_col = lat.vertex  # (BN, d+1)
         self.slice_val = lat.bary * kernel.norm[:, None]
 
@@ -66,34 +64,32 @@ def position_block(height: int, width: int, sxy: float, device, dtype=torch.floa
 
 
 class MessageOperator:
-    """Both kernels of a batch as one linear operator, so an iteration is one splat and one slice.
+    """Both kernels of a batch as one linear operator over a stacked lattice.
 
-    The lattices are stacked: rows ``[position lattice of image 0, ..., image B-1, appearance
-    lattice, pad]``. ``splat`` is ``(M+1, BN)`` with the normaliser ``n`` folded in, ``slice_`` its
-    transpose; the blur runs over the union of the axes (a kernel with fewer axes meets the zero pad
-    row, i.e. the identity). The message is ``slice_ (w * alpha * B splat q)`` with the kernel weight
-    ``w`` per row, which keeps the weights differentiable.
+    Lattice rows are ``[position lattice of image 0, ..., image B-1, appearance lattice, pad]``.
+    ``splat`` fills them (the normaliser ``n`` is folded into the weights), ``slice_`` is its
+    transpose, one sparse row of ``3 + (d+1)`` entries per pixel; the blur runs over the union of
+    the axes (a kernel with fewer axes meets the zero pad row, i.e. the identity). The message is
+    ``slice_ (w * alpha * B splat q)`` with the kernel weight ``w`` per row, which keeps the weights
+    differentiable.
     """
 
     def __init__(self, position: _Block, appearance: _Block, batch: int):
         n, ms, ma = position.points, position.m, appearance.m
+        self.batch, self.points = batch, n
         self.rows = batch * ms + ma
         self.sizes = (batch * ms, ma)
         self.alphas = (position.alpha, appearance.alpha)
-        nnz = position.splat_col.numel()
-        crow = [position.splat_crow[:-1] + k * nnz for k in range(batch)]
-        crow.append(appearance.splat_crow + batch * nnz)
-        col = [position.splat_col + k * n for k in range(batch)] + [appearance.splat_col]
-        val = [position.splat_val] * batch + [appearance.splat_val]
-        crow = torch.cat(crow + [crow[-1][-1:]])  # the pad row holds nothing
-        self.splat = csr(crow, torch.cat(col), torch.cat(val), (self.rows + 1, batch * n))
-        offsets = (torch.arange(batch, device=crow.device) * ms).repeat_interleave(n)[:, None]
-        pos_col = position.slice_col.repeat(batch, 1) + offsets
+        self.position_splat, self.appearance_splat = position.splat, appearance.splat
+        device = appearance.slice_col.device
+        pos_col = position.slice_col.repeat(batch, 1)
+        if batch > 1:
+            pos_col += (torch.arange(batch, device=device) * ms).repeat_interleave(n)[:, None].to(pos_col.dtype)
         slice_col = torch.cat([pos_col, appearance.slice_col + batch * ms], 1)
         slice_val = torch.cat([position.slice_val.repeat(batch, 1), appearance.slice_val], 1)
         k = slice_col.shape[1]
-        slice_crow = torch.arange(0, batch * n * k + 1, k, device=crow.device)
-        self.slice_ = csr(slice_crow, slice_col.flatten(), slice_val.flatten(), (batch * n, self.rows + 1))
+        self.slice_ = SparseRows(torch.arange(0, batch * n * k + 1, k, device=device), slice_col.flatten(),
+                                 slice_val.flatten(), self.rows + 1)
         self.neighbours = []
         pad = self.rows
         for j in range(max(len(position.neighbours), len(appearance.neighbours))):
@@ -103,9 +99,15 @@ class MessageOperator:
                 for k_img in range(batch):
                     parts.append(_shift(position.neighbours, j, side, ms, k_img * ms, pad))
                 parts.append(_shift(appearance.neighbours, j, side, ma, batch * ms, pad))
-                parts.append(torch.tensor([pad], device=crow.device))
+                parts.append(torch.tensor([pad], device=device))
                 pair.append(torch.cat(parts))
             self.neighbours.append(tuple(pair))
+
+    def splat(self, q: torch.Tensor) -> torch.Tensor:
+        """``(BN, C)`` -> ``(rows + 1, C)``, the last (pad) row zero."""
+        n = self.points
+        parts = [self.position_splat @ q[k * n:(k + 1) * n] for k in range(self.batch)]
+        return torch.cat(parts + [self.appearance_splat @ q, q.new_zeros(1, q.shape[1])])
 
     def blur(self, values: torch.Tensor, reverse: bool = False) -> torch.Tensor:
         for n1, n2 in (reversed(self.neighbours) if reverse else self.neighbours):
@@ -137,11 +139,11 @@ class _SplatBlur(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, op):
         ctx.op = op
-        return op.blur(torch.sparse.mm(op.splat, q))
+        return op.blur(op.splat(q))
 
     @staticmethod
     def backward(ctx, grad):
-        return torch.sparse.mm(ctx.op.slice_, ctx.op.blur(grad.contiguous(), reverse=True)), None
+        return ctx.op.slice_ @ ctx.op.blur(grad.contiguous(), reverse=True), None
 
 
 class _Slice(torch.autograd.Function):
@@ -150,20 +152,11 @@ class _Slice(torch.autograd.Function):
     @staticmethod
     def forward(ctx, values, op):
         ctx.op = op
-        return torch.sparse.mm(op.slice_, values)
+        return op.slice_ @ values
 
     @staticmethod
     def backward(ctx, grad):
-        return torch.sparse.mm(ctx.op.splat, grad.contiguous()), None
-
-
-def softmax_rows(x: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last dim of ``(N, C)``; pads C < 16 with -inf (PyTorch's CPU kernel is ~6x slower below 16)."""
-    c = x.shape[1]
-    if c >= 16 or x.device.type != "cpu":
-        return torch.softmax(x, dim=1)
-    padded = torch.cat([x, x.new_full((x.shape[0], 16 - c), float("-inf"))], 1)
-    return torch.softmax(padded, dim=1)[:, :c].contiguous()
+        return ctx.op.splat(grad.contiguous()), None
 
 
 def appearance_features(image: torch.Tensor, sxy: float, srgb: float) -> torch.Tensor:
@@ -256,15 +249,15 @@ def mean_field(unary: torch.Tensor, image: torch.Tensor, params: CRFParams,
     op = MessageOperator(smooth, appear, b)
     weights = weights if weights is not None else (params.smoothness_weight, params.appearance_weight)
     u = unary.to(dtype).permute(0, 2, 3, 1).reshape(b * h * w, c)  # (BN, C), pixels of image 0 first
-    q = softmax_rows(-u)
+    q = torch.softmax(-u, 1)
     for _ in range(params.iterations):
         message = op(q, weights)
         if compatibility is None:
-            q = softmax_rows(message - u)
+            q = torch.softmax(message.sub_(u), 1)
         elif compatibility.dim() == 1:
-            q = softmax_rows(message * compatibility.to(message.dtype) - u)
+            q = torch.softmax(message * compatibility.to(message.dtype) - u, 1)
         else:
-            q = softmax_rows(-u - message @ compatibility.T.to(message.dtype))
+            q = torch.softmax(-u - message @ compatibility.T.to(message.dtype), 1)
     return q.view(b, h, w, c).permute(0, 3, 1, 2).contiguous().to(unary.dtype)
 
 

@@ -6,9 +6,13 @@ follows Krähenbühl's densecrf code step for step (elevation, rounding to the r
 point, ranks, barycentric weights, [1/2, 1, 1/2] blur along the d+1 lattice axes, the
 ``1 / (1 + 2^-d)`` slice factor), so results match pydensecrf, but it is vectorised and has no
 hash table: each point's enclosing simplex (remainder-0 point and rank permutation) is packed
-into one int64 and sorted, the vertices of the distinct simplices are packed and made unique
-the same way, blur neighbours are found by ``searchsorted`` in the sorted vertex codes, and
-splat and slice are sparse CSR products (int32 indices, which MKL runs faster).
+into one integer code and sorted, the vertices of the distinct simplices are packed and made
+unique the same way, blur neighbours are found by ``searchsorted`` in the sorted vertex codes,
+and splat and slice are sparse row-by-row products (``SparseRows``).
+
+The build is memory-bound (a few dozen passes over ``(d+1) x N`` arrays), so it works in place
+where it can, counts ranks in int8, and lays out the splat by expanding the few distinct
+simplices rather than sorting all ``N (d+1)`` entries.
 
 The filter is linear, ``K = alpha * S^T B_d ... B_0 S`` with symmetric blurs ``B_j``, so its
 transpose is the same filter with the blur axes in reverse order (``transpose=True``).
@@ -17,13 +21,15 @@ A batch of images is one lattice: the image index is the most significant digit 
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
+import torch.nn.functional as F
+
+_EXACT_IN_FLOAT64 = 2 ** 53  # integers below this are exact in float64 (codes use float64 products below it)
 
 
 def _elevation_matrix(d: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``(d, d+1)`` matrix mapping scaled features onto the plane ``sum x = 0`` in R^{d+1}."""
+    """``(d+1, d)`` matrix mapping scaled features onto the plane ``sum x = 0`` in R^{d+1}."""
     scale = math.sqrt(2.0 / 3.0) * (d + 1) / torch.sqrt(
         torch.arange(1, d + 1, dtype=torch.float64) * torch.arange(2, d + 2, dtype=torch.float64))
     e = torch.zeros(d + 1, d, dtype=torch.float64)
@@ -31,30 +37,37 @@ def _elevation_matrix(d: int, dtype: torch.dtype, device: torch.device) -> torch
         e[j, j:] = 1.0
         if j > 0:
             e[j, j - 1] = -float(j)
-    return (e * scale[None, :]).T.contiguous().to(device=device, dtype=dtype)
+    return (e * scale[None, :]).to(device=device, dtype=dtype)
 
 
-def _pack(digits: torch.Tensor, spans: list[int], what: str) -> torch.Tensor:
-    """Mixed-radix int64 code of non-negative ``digits`` (..., k) with the given spans (first most significant)."""
-    total = 1
-    for s in spans:
-        total *= int(s)
-    if total >= 2 ** 62:
+def _strides(spans: list[int], what: str) -> list[int]:
+    """Mixed-radix place values for digits with the given spans (first most significant)."""
+    strides = [1] * len(spans)
+    for k in range(len(spans) - 2, -1, -1):
+        strides[k] = strides[k + 1] * int(spans[k + 1])
+    if strides[0] * int(spans[0]) >= 2 ** 62:
         raise ValueError(f"lattice too large to hash ({what}): the features span too wide a range for their "
                          "standard deviations; use wider kernels or fewer points")
-    code = digits[..., 0].clone()
-    for k in range(1, len(spans)):
-        code.mul_(int(spans[k])).add_(digits[..., k])
-    return code
+    return strides
 
 
-def csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """A CSR matrix with int32 indices when they fit (MKL's sparse products run faster on them)."""
-    if max(size) < 2 ** 31 - 1 and col.numel() < 2 ** 31 - 1:
-        crow, col = crow.to(torch.int32), col.to(torch.int32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "sparse CSR support is in beta"
-        return torch.sparse_csr_tensor(crow, col, values, size=size)
+class SparseRows:
+    """A sparse ``(rows, cols)`` matrix kept row by row (CSR), times dense ``(cols, C)`` matrices.
+
+    The product is ``embedding_bag`` in sum mode with per-entry weights: a fused gather, scale and
+    sum that PyTorch runs multi-threaded on CPU (and on CUDA); here it is faster than the CSR
+    product of ``torch.sparse``. Indices are int32 when they fit.
+    """
+
+    def __init__(self, offsets: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor, cols: int):
+        index_dtype = torch.int32 if max(cols, indices.numel()) < 2 ** 31 - 1 else torch.int64
+        self.offsets, self.indices = offsets.to(index_dtype), indices.to(index_dtype)
+        self.weights = weights
+        self.shape = (offsets.numel() - 1, cols)
+
+    def __matmul__(self, dense: torch.Tensor) -> torch.Tensor:
+        return F.embedding_bag(self.indices, dense, self.offsets, mode="sum",
+                               per_sample_weights=self.weights.to(dense.dtype), include_last_offset=True)
 
 
 class PermutohedralLattice:
@@ -63,8 +76,8 @@ class PermutohedralLattice:
     ``filter(values)`` applies the (unnormalised) Gaussian filter to ``(N, C)`` / ``(B, N, C)``
     values; ``filter(values, transpose=True)`` applies its transpose. The pieces are public for
     fused use (see ``dense_crf``): ``vertex`` ``(BN, d+1)`` lattice-point ids of each point's
-    simplex, ``bary`` their barycentric weights, ``splat_layout`` the same entries ordered by
-    lattice point, ``neighbours`` per blur axis (id ``num_lattice_points`` is an all-zero pad row).
+    simplex, ``bary`` their barycentric weights, ``splat_dest`` where each of those entries goes
+    when ordered by lattice point (rows start at ``splat_offsets``), ``neighbours`` per blur axis (id ``num_lattice_points`` is an all-zero pad row).
     """
 
     def __init__(self, features: torch.Tensor):
@@ -80,114 +93,146 @@ class PermutohedralLattice:
         self.batch, self.num_points, self.dim = b, n, d
         device = features.device
         self.dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
-        f = features.reshape(b * n, d).to(self.dtype)
-        d1 = d + 1
+        bn, d1 = b * n, d + 1
         self.alpha = 1.0 / (1.0 + 2.0 ** (-d))
 
         # 1. elevate onto the hyperplane and find the enclosing simplex: remainder-0 point + ranks.
         #    Coordinates are rows here ((d+1, BN) layout) so every step runs on contiguous memory.
-        el = (f @ _elevation_matrix(d, f.dtype, device)).T.contiguous()  # (d+1, BN)
-        v = el / d1
-        up, down = torch.ceil(v) * d1, torch.floor(v) * d1
-        rem0 = torch.where(up - el < el - down, up, down)  # nearest multiple of d+1, as densecrf rounds
-        total = torch.round(rem0.sum(0) / d1).to(torch.int64)  # how far off the plane rounding went
-        diff = el - rem0
-        # rank_i = #{j > i: diff_j > diff_i} + #{j < i: diff_j >= diff_i} (densecrf's tie-breaking)
-        rank = total[None].repeat(d1, 1)
+        f = features.reshape(bn, d).to(self.dtype)
+        diff = torch.mm(_elevation_matrix(d, self.dtype, device), f.T)  # (d+1, BN) elevated
+        rem0 = torch.div(diff, d1).round_().mul_(d1)  # nearest multiple of d+1 (densecrf: ties go down)
+        diff.sub_(rem0)
+        # rank_i = #{j > i: diff_j > diff_i} + #{j < i: diff_j >= diff_i} (densecrf's tie-breaking),
+        # counted in int8: start from #{j < i} = i and move one count per comparison
+        small = torch.int8 if 3 * d1 < 127 else torch.int32
+        rank = torch.arange(d1, dtype=small, device=device)[:, None].repeat(1, bn)
         for i in range(d1):
             for j in range(i + 1, d1):
                 later_bigger = diff[j] > diff[i]
+                later_bigger = later_bigger.view(small) if small == torch.int8 else later_bigger.to(small)
                 rank[i] += later_bigger
-                rank[j] += ~later_bigger
-        low, high = rank < 0, rank > d
-        rank = torch.where(low, rank + d1, torch.where(high, rank - d1, rank))
-        rem0 = rem0.to(torch.int64)
-        rem0 = torch.where(low, rem0 + d1, torch.where(high, rem0 - d1, rem0))
+                rank[j] -= later_bigger
+        rank += rem0.sum(0).div_(d1).round_().to(small)  # how far off the plane rounding went
+        # where a rank left [0, d], wrap it and move the remainder-0 point by -+(d+1) with it
+        shift = (rank < 0).to(small)
+        shift -= (rank > d).to(small)
+        shift *= d1
+        rank += shift
+        rem0 += shift
+        diff.sub_(shift).div_(d1)  # = (elevated - rem0) / (d+1)
 
-        # 2. barycentric weights of the d+1 vertices
-        w = (el - rem0.to(el.dtype)) / d1
-        bary = torch.zeros(d + 2, b * n, dtype=el.dtype, device=device)
-        bary.scatter_add_(0, d - rank, w)
-        bary.scatter_add_(0, d - rank + 1, -w)
-        bary[0] += 1.0 + bary[d + 1]
-        self.bary = bary[:d1].T.contiguous()  # (BN, d+1)
+        # 2. barycentric weights: with a[k] = diff of the coordinate ranked d-k,
+        #    bary[k] = a[k] - a[k-1] (k >= 1) and bary[0] = 1 + a[0] - a[d]
+        a = torch.empty_like(diff).scatter_(0, (d - rank).long(), diff)
+        bary = torch.empty_like(diff)
+        torch.sub(a[1:], a[:-1], out=bary[1:])
+        torch.sub(a[0], a[d], out=bary[0]).add_(1.0)
+        self.bary = bary.T.contiguous()  # (BN, d+1)
 
-        # 3. distinct simplices: (image, remainder-0 point, rank permutation) packed and sorted.
-        #    rem0 lies on the plane, so its first d coordinates (divided by d+1) determine it.
-        base = torch.div(rem0[:d], d1, rounding_mode="floor")
-        lo, hi = base.amin(1, keepdim=True), base.amax(1, keepdim=True)
-        img = torch.arange(b, device=device).repeat_interleave(n)
-        digits = torch.cat([img[None], base - lo, rank[:d]], 0).T
-        spans = [b] + (hi - lo + 1).flatten().tolist() + [d1] * d
-        sorted_codes, order = torch.sort(_pack(digits, spans, "simplices"))
-        _, counts = torch.unique_consecutive(sorted_codes, return_counts=True)
-        u = counts.numel()
-        first = torch.cumsum(counts, 0) - counts
-        simplex = torch.empty(b * n, dtype=torch.int64, device=device)
-        simplex[order] = torch.repeat_interleave(torch.arange(u, device=device), counts, output_size=b * n)
+        # 3. lattice-point codes. A lattice point's coordinates are all congruent to its remainder r
+        #    mod (d+1) and sum to zero, so (image, t_0..t_{d-1} = (key_k - r) / (d+1), r) in mixed radix
+        #    identifies it, with room for t - 1 (the simplex's other vertices) and t +- 1 (blur
+        #    neighbours). A simplex's code is its remainder-0 point's t-code followed by the ranks of
+        #    the first d coordinates. Codes are exact in float64 below 2^53 (int64 products do not
+        #    vectorise on x86, float64 ones do); larger lattices take the int64 path.
+        lo, hi = torch.aminmax(rem0[:d], dim=1)
+        lo = torch.div(lo, d1).round_() - 2
+        vstrides = _strides([b] + ((torch.div(hi, d1).round_() - lo).long() + 3).tolist() + [d1], "lattice points")
+        permutations = d1 ** d
+        _strides([vstrides[0] // d1 * b, permutations], "simplices")
+        place = torch.tensor(vstrides[1:-1], dtype=torch.float64, device=device) / d1  # t-code place values
+        if vstrides[0] // d1 * b * permutations < _EXACT_IN_FLOAT64:
+            t_code = (place @ rem0[:d].to(torch.float64)).div_(d1).sub_(float(place @ lo.to(torch.float64)))
+            t_code = t_code.to(torch.int64)
+        else:
+            t_code = ((rem0[:d] / d1 - lo[:, None]).round().long() * place.long()[:, None]).sum(0)
+        img = torch.arange(b, device=device).repeat_interleave(n) if b > 1 else None
+        if img is not None:
+            t_code += img * (vstrides[0] // d1)
+        rank_code = rank[0].to(torch.int32)
+        for k in range(1, d):
+            rank_code *= d1
+            rank_code += rank[k]
+        code = t_code.mul_(permutations).add_(rank_code)
+        sorted_codes, order = torch.sort(code)
+        new = torch.ones(bn, dtype=torch.bool, device=device)
+        torch.ne(sorted_codes[1:], sorted_codes[:-1], out=new[1:])
+        first = torch.nonzero(new).flatten()  # where each simplex's run starts in `order`
+        u = first.numel()
+        counts = torch.diff(first, append=first.new_tensor([bn]))
+        simplex_sorted = torch.cumsum(new, 0).sub_(1)
+        simplex = torch.empty(bn, dtype=torch.int64, device=device).scatter_(0, order, simplex_sorted)
 
-        # 4. vertices of the distinct simplices: vertex r has key rem0 + r - (d+1) [rank > d - r]
-        rep = order.index_select(0, first)
-        rem0_u, rank_u = rem0[:d].index_select(1, rep).T, rank[:d].index_select(1, rep).T  # (U, d)
-        r = torch.arange(d1, device=device)
-        keys = rem0_u[:, None, :] + r[None, :, None] - d1 * (rank_u[:, None, :] > (d - r)[None, :, None]).long()
-        klo = keys.amin(dim=(0, 1)) - d1  # room for blur neighbours at +-(d+1)
-        kspan = keys.amax(dim=(0, 1)) + d1 - klo + 1
-        vdigits = torch.cat([img.index_select(0, rep)[:, None, None].expand(u, d1, 1), keys - klo], 2)
-        vspans = [b] + kspan.tolist()
-        uniq, vinv = torch.unique(_pack(vdigits, vspans, "lattice points").flatten(), return_inverse=True)
+        # 4. vertices of the distinct simplices. Vertex r has key rem0 + r - (d+1) [rank > d - r]:
+        #    remainder r, and t lowered by one on the r coordinates ranked highest (a cumulative sum
+        #    of their place values over the coordinates in rank order).
+        t_u = torch.div(sorted_codes.index_select(0, first), permutations, rounding_mode="floor")
+        rank_u = rank.index_select(1, order.index_select(0, first)).T.long()  # (U, d+1)
+        by_rank = torch.zeros(u, d1, dtype=torch.float64, device=device)
+        by_rank.scatter_(1, rank_u, torch.cat([place, place.new_zeros(1)]).expand(u, d1))
+        lowered = torch.zeros(u, d1, dtype=torch.float64, device=device)
+        torch.cumsum(by_rank.flip(1)[:, :d], 1, out=lowered[:, 1:])
+        vcode = (t_u[:, None] - lowered.to(torch.int64)).mul_(d1).add_(torch.arange(d1, device=device))
+        uniq, vinv = torch.unique(vcode.flatten(), return_inverse=True)
         m = uniq.numel()
         self.num_lattice_points = m
+        vinv = vinv.to(torch.int32 if m < 2 ** 31 - 1 else torch.int64)
         self.vertex = vinv.view(u, d1).index_select(0, simplex)  # (BN, d+1)
 
-        # 5. blur neighbours along each of the d+1 axes: key +- (1, ..., 1, -d, 1, ..., 1)
-        strides = [1] * (d + 1)
-        for k in range(d - 1, -1, -1):
-            strides[k] = strides[k + 1] * int(vspans[k + 1])
-        step_all = sum(strides[1:])
-        self.neighbours = []
-        for j in range(d1):
-            delta = step_all - (d1 * strides[1 + j] if j < d else 0)
-            pair = []
-            for sign in (1, -1):
-                target = uniq + sign * delta
-                idx = torch.searchsorted(uniq, target).clamp_(max=m - 1)
-                idx = torch.where(uniq[idx] == target, idx, torch.full_like(idx, m))
-                pair.append(torch.cat([idx, idx.new_tensor([m])]))
-            self.neighbours.append(tuple(pair))
+        # 5. blur neighbours along each of the d+1 axes, key +- (1, ..., 1, -d, 1, ..., 1): the
+        #    remainder moves by +-1, and t by -+1 on axis j, or (wrapping past d or 0) by +-1 elsewhere
+        s_j = torch.tensor(vstrides[1:-1] + [0], device=device)[:, None]  # a unit of t_j, in code units
+        s_other = sum(vstrides[1:-1]) - s_j
+        remainder = (uniq % d1)[None]
+        up = torch.where(remainder < d, 1 - s_j, s_other - d)
+        down = torch.where(remainder > 0, s_j - 1, d - s_other)
+        target = (uniq + torch.stack([up, down], 1)).flatten()  # (d+1, 2, M)
+        idx = torch.searchsorted(uniq, target).clamp_(max=m - 1)
+        idx = torch.where(uniq.index_select(0, idx) == target, idx, torch.full_like(idx, m))
+        idx = torch.cat([idx.view(d1, 2, m), idx.new_full((d1, 2, 1), m)], 2)
+        self.neighbours = [(idx[j, 0], idx[j, 1]) for j in range(d1)]
 
-        # 6. the splat entries ordered by lattice point (a stable int32 sort is 2-3x faster than int64)
-        key_dtype = torch.int32 if m < 2 ** 31 - 1 else torch.int64
-        entry = torch.argsort(self.vertex.flatten().to(key_dtype), stable=True)
-        crow = torch.zeros(m + 2, dtype=torch.int64, device=device)
-        crow[1:m + 1] = torch.cumsum(torch.bincount(self.vertex.flatten(), minlength=m), 0)
-        crow[m + 1] = crow[m]  # the padding row holds nothing
-        self.splat_layout = (crow, torch.div(entry, d1, rounding_mode="floor"), entry)  # rows, points, bary index
-        self._matrices = None
+        # 6. the splat entries ordered by lattice point, as the destination of each (point, vertex)
+        #    entry: sort the U (d+1) (simplex, vertex) pairs by lattice point, give each pair a block
+        #    as long as its simplex, and place a point at its rank within its simplex (no sort of
+        #    all N (d+1) entries)
+        pairs = torch.argsort(vinv, stable=True)
+        pair_count = counts.index_select(0, torch.div(pairs, d1, rounding_mode="floor"))
+        starts = torch.cumsum(pair_count, 0).sub_(pair_count)
+        pair_start = torch.empty_like(starts).scatter_(0, pairs, starts).view(u, d1)
+        within = torch.arange(bn, device=device).sub_(first.index_select(0, simplex_sorted))  # in sorted order
+        within = torch.empty_like(within).scatter_(0, order, within)
+        self.splat_dest = pair_start.index_select(0, simplex).add_(within[:, None]).flatten()  # (BN (d+1),)
+        per_point = torch.zeros(m, dtype=torch.int64, device=device).index_add_(
+            0, vinv.long(), counts.repeat_interleave(d1))
+        self.splat_offsets = torch.zeros(m + 1, dtype=torch.int64, device=device)
+        torch.cumsum(per_point, 0, out=self.splat_offsets[1:])
+        self._slice = None
 
-    def splat_matrix(self, point_scale: torch.Tensor | None = None) -> torch.Tensor:
-        """``(M+1, BN)`` CSR of barycentric weights (times ``point_scale`` per point when given)."""
-        crow, point, flat = self.splat_layout
-        values = self.bary.flatten().index_select(0, flat)
-        if point_scale is not None:
-            values = values * point_scale.index_select(0, point)
-        return csr(crow, point, values, (self.num_lattice_points + 1, self.batch * self.num_points))
-
-    def slice_matrix(self, point_scale: torch.Tensor | None = None) -> torch.Tensor:
-        """``(BN, M+1)`` CSR, the transpose of ``splat_matrix``."""
+    def splat_matrix(self, point_scale: torch.Tensor | None = None) -> SparseRows:
+        """``(M, BN)`` barycentric weights (times ``point_scale`` per point when given)."""
         bn, d1 = self.batch * self.num_points, self.dim + 1
         values = self.bary if point_scale is None else self.bary * point_scale[:, None]
-        crow = torch.arange(0, bn * d1 + 1, d1, device=self.bary.device)
-        return csr(crow, self.vertex.flatten(), values.flatten(), (bn, self.num_lattice_points + 1))
+        weights = torch.empty_like(values.view(-1)).scatter_(0, self.splat_dest, values.view(-1))
+        if not hasattr(self, "_splat_points"):
+            points = torch.arange(bn, dtype=torch.int32, device=self.bary.device).repeat_interleave(d1)
+            self._splat_points = torch.empty_like(points).scatter_(0, self.splat_dest, points)
+        return SparseRows(self.splat_offsets, self._splat_points, weights, bn)
+
+    def slice_matrix(self, point_scale: torch.Tensor | None = None) -> SparseRows:
+        """``(BN, M+1)``, the transpose of ``splat_matrix`` (column M is the zero pad row)."""
+        bn, d1 = self.batch * self.num_points, self.dim + 1
+        values = self.bary if point_scale is None else self.bary * point_scale[:, None]
+        offsets = torch.arange(0, bn * d1 + 1, d1, device=self.bary.device)
+        return SparseRows(offsets, self.vertex.flatten(), values.flatten(), self.num_lattice_points + 1)
 
     def filter_ones(self) -> torch.Tensor:
-        """``K 1`` per point, ``(BN,)``: the normaliser, without building the CSR matrices."""
+        """``K 1`` per point, ``(BN,)``: the normaliser."""
         m = self.num_lattice_points
-        flat = self.vertex.flatten()
-        lattice = torch.zeros(m + 1, 1, dtype=self.dtype, device=flat.device)
-        lattice[:m, 0] = torch.bincount(flat, weights=self.bary.flatten(), minlength=m).to(self.dtype)
-        lattice = self.blur(lattice)[:, 0]
-        return (self.bary * lattice.index_select(0, flat).view_as(self.bary)).sum(1) * self.alpha
+        lattice = torch.zeros(m + 1, 1, dtype=self.dtype, device=self.bary.device)
+        lattice[:m, 0] = torch.bincount(self.vertex.flatten(), weights=self.bary.flatten(), minlength=m)
+        self._slice = self._slice or self.slice_matrix()
+        return (self._slice @ self.blur(lattice))[:, 0] * self.alpha
 
     def blur(self, values: torch.Tensor, reverse: bool = False) -> torch.Tensor:
         for n1, n2 in (reversed(self.neighbours) if reverse else self.neighbours):
@@ -200,11 +245,10 @@ class PermutohedralLattice:
         if values.dim() not in (2, 3) or shape[-2] != self.num_points or (values.dim() == 3 and shape[0] != self.batch):
             raise ValueError(f"values of shape {tuple(shape)} do not match the lattice's "
                              f"{self.batch} x {self.num_points} points")
-        if self._matrices is None:
-            self._matrices = (self.splat_matrix(), self.slice_matrix())
-        splat, slice_ = self._matrices
+        self._slice = self._slice or self.slice_matrix()
         dtype = values.dtype
         flat = values.reshape(self.batch * self.num_points, -1).to(self.dtype)
-        lattice_values = self.blur(torch.sparse.mm(splat, flat), reverse=transpose)  # row M is empty -> zero
-        out = torch.sparse.mm(slice_, lattice_values) * self.alpha
+        lattice_values = self.splat_matrix() @ flat
+        lattice_values = torch.cat([lattice_values, lattice_values.new_zeros(1, lattice_values.shape[1])])
+        out = (self._slice @ self.blur(lattice_values, reverse=transpose)) * self.alpha
         return out.reshape(shape).to(dtype)
