@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .lattice import PermutohedralLattice, SparseRows
+from .lattice import PermutohedralLattice, SparseRows, all_finite
 
 
 class GaussianKernel:
@@ -45,9 +45,9 @@ class _Block:
         lat = kernel.lattice
         self.m, self.points, self.alpha, self.neighbours = (lat.num_lattice_points, lat.batch * lat.num_points,
                                                              lat.alpha, lat.neighbours)
-        self.splat = lat.splat_matrix(kernel.norm)
         self.slice_col = lat.vertex  # (BN, d+1)
         self.slice_val = lat.bary * kernel.norm[:, None]
+        self.splat = lat.splat_matrix(self.slice_val)
 
 
 _POSITION_CACHE: dict[tuple, _Block] = {}
@@ -239,7 +239,7 @@ def mean_field(unary: torch.Tensor, image: torch.Tensor, params: CRFParams,
     c_ = unary.shape[1]
     if compatibility is not None and tuple(compatibility.shape) not in ((c_,), (c_, c_)):
         raise ValueError(f"compatibility of shape {tuple(compatibility.shape)}: expected ({c_},) or ({c_}, {c_})")
-    if not torch.isfinite(unary).all():
+    if not all_finite(unary):
         raise ValueError("unary contains NaN or infinity")
     b, c, h, w = unary.shape
     dtype = torch.float64 if unary.dtype == torch.float64 else torch.float32
@@ -274,7 +274,7 @@ class DenseCRF(torch.nn.Module):
         if (logits is None) == (probs is None):
             raise ValueError("pass exactly one of logits= or probs=")
         if logits is not None:
-            if not torch.isfinite(logits).all():
+            if not all_finite(logits):
                 raise ValueError("logits contain NaN or infinity")
             unary = -F.log_softmax(logits, dim=-3)
         else:

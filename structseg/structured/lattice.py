@@ -51,6 +51,11 @@ def _strides(spans: list[int], what: str) -> list[int]:
     return strides
 
 
+def all_finite(x: torch.Tensor) -> bool:
+    """No NaN or infinity in ``x``: one sum (finite unless something is not, or it overflows), then exact."""
+    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
+
+
 class SparseRows:
     """A sparse ``(rows, cols)`` matrix kept row by row (CSR), times dense ``(cols, C)`` matrices.
 
@@ -88,7 +93,7 @@ class PermutohedralLattice:
         b, n, d = features.shape
         if d < 1 or n < 1:
             raise ValueError(f"features must have at least one point and one dimension, got {tuple(features.shape)}")
-        if not torch.isfinite(features).all():
+        if not all_finite(features):
             raise ValueError("features contain NaN or infinity")
         self.batch, self.num_points, self.dim = b, n, d
         device = features.device
@@ -209,20 +214,20 @@ class PermutohedralLattice:
         torch.cumsum(per_point, 0, out=self.splat_offsets[1:])
         self._slice = None
 
-    def splat_matrix(self, point_scale: torch.Tensor | None = None) -> SparseRows:
-        """``(M, BN)`` barycentric weights (times ``point_scale`` per point when given)."""
+    def splat_matrix(self, weights: torch.Tensor | None = None) -> SparseRows:
+        """``(M, BN)``: the entry weights ``(BN, d+1)`` (default ``bary``) ordered by lattice point."""
         bn, d1 = self.batch * self.num_points, self.dim + 1
-        values = self.bary if point_scale is None else self.bary * point_scale[:, None]
-        weights = torch.empty_like(values.view(-1)).scatter_(0, self.splat_dest, values.view(-1))
+        values = (self.bary if weights is None else weights).reshape(-1)
+        ordered = torch.empty_like(values).scatter_(0, self.splat_dest, values)
         if not hasattr(self, "_splat_points"):
             points = torch.arange(bn, dtype=torch.int32, device=self.bary.device).repeat_interleave(d1)
             self._splat_points = torch.empty_like(points).scatter_(0, self.splat_dest, points)
-        return SparseRows(self.splat_offsets, self._splat_points, weights, bn)
+        return SparseRows(self.splat_offsets, self._splat_points, ordered, bn)
 
-    def slice_matrix(self, point_scale: torch.Tensor | None = None) -> SparseRows:
+    def slice_matrix(self, weights: torch.Tensor | None = None) -> SparseRows:
         """``(BN, M+1)``, the transpose of ``splat_matrix`` (column M is the zero pad row)."""
         bn, d1 = self.batch * self.num_points, self.dim + 1
-        values = self.bary if point_scale is None else self.bary * point_scale[:, None]
+        values = self.bary if weights is None else weights
         offsets = torch.arange(0, bn * d1 + 1, d1, device=self.bary.device)
         return SparseRows(offsets, self.vertex.flatten(), values.flatten(), self.num_lattice_points + 1)
 
