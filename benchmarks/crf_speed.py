@@ -4,8 +4,8 @@ Input: a real CamVid frame (480x360, and the same frame upscaled to 960x720) and
 network output, softmax(4 * onehot(label) + N(0, 1) + 1.5 * smooth noise), with 11 classes or
 21 (10 extra noise-only channels); Krähenbühl's settings (smoothness 3/3, appearance 10/80/13).
 Both sides are timed end to end: unary from probabilities, lattice construction, N mean-field
-iterations, argmax. Reported: median of --repeats runs (after three warm-up runs), the share of
-identical labels, and forward+backward time of our CRF (gradient w.r.t. the unaries).
+iterations, argmax. Reported: median of --repeats runs (after three warm-up runs; ours and
+pydensecrf alternate run by run), the share of identical labels, and forward+backward time of our CRF (gradient w.r.t. the unaries).
 Before every timed block the script waits until the machine is idle (< 10 % busy).
 
     pip install -e ".[bench]"        # pydensecrf2, the reference
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from structseg.structured.dense_crf import CRFParams, mean_field, unary_from_probabilities
 from structseg.data.io import load_image, load_label
+from structseg.engine.metrics import class_map
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMVID = ROOT.parent / "shared" / "data" / "camvid"
@@ -82,7 +83,7 @@ def run_pydensecrf(image, probs, it, p: CRFParams):
 def run_ours(image_t, probs_t, it, p: CRFParams):
     with torch.no_grad():
         q = mean_field(unary_from_probabilities(probs_t), image_t, p)
-    return q.argmax(1)[0].cpu().numpy()
+    return class_map(q)[0].cpu().numpy()
 
 
 def run_ours_backward(image_t, probs_t, it, p: CRFParams):
@@ -92,17 +93,60 @@ def run_ours_backward(image_t, probs_t, it, p: CRFParams):
     return u.grad
 
 
-def timed(fn, repeats: int, sync=lambda: None):
-    for _ in range(3):  # warm-up: steady use (fills the position-lattice cache; the allocator's pools grow)
-        fn()
-    times = []
+def timed(fns: dict, repeats: int, sync=lambda: None) -> dict:
+    """Median seconds and last output of each function, the functions interleaved run by run (the
+    machine's speed drifts, so alternating keeps the comparison fair)."""
+    for fn in fns.values():
+        for _ in range(3):  # warm-up: steady use (fills the position-lattice cache; the allocator's pools grow)
+            fn()
+    times = {k: [] for k in fns}
+    outs = {}
     for _ in range(repeats):
-        wait_idle()
-        t = time.perf_counter()
-        out = fn()
-        sync()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), out
+        for k, fn in fns.items():
+            wait_idle()
+            t = time.perf_counter()
+            outs[k] = fn()
+            sync()
+            times[k].append(time.perf_counter() - t)
+    return {k: (statistics.median(v), outs[k]) for k, v in times.items()}
+
+
+def breakdown(image_t, probs_t, p: CRFParams, repeats: int) -> dict:
+    """Milliseconds per stage of our CRF (no grad): where the end-to-end time goes."""
+    from structseg.structured.dense_crf import (GaussianKernel, MessageOperator, _Block, appearance_features,
+                                                position_block, position_features)
+    _, c, h, w = probs_t.shape
+    u = unary_from_probabilities(probs_t)
+    uu = u.permute(0, 2, 3, 1).reshape(h * w, c).contiguous()
+    smooth = position_block(h, w, p.smoothness_xy, probs_t.device)
+    appear = _Block(GaussianKernel(appearance_features(image_t, p.appearance_xy, p.appearance_rgb)))
+    op = MessageOperator(smooth, appear, 1)
+    q = torch.softmax(-uu, 1)
+    stages = {
+        "unary from probabilities": lambda: unary_from_probabilities(probs_t),
+        "appearance lattice + normaliser": lambda: GaussianKernel(
+            appearance_features(image_t, p.appearance_xy, p.appearance_rgb)),
+        "position lattice, uncached": lambda: _Block(GaussianKernel(
+            position_features(h, w, p.smoothness_xy, probs_t.device))),
+        "splat/slice operators of both kernels": lambda: MessageOperator(smooth, _Block(
+            GaussianKernel(appearance_features(image_t, p.appearance_xy, p.appearance_rgb))), 1),
+        "one iteration: message": lambda: op(q, (p.smoothness_weight, p.appearance_weight)),
+        "one iteration: softmax(message - unary)": lambda: torch.softmax(uu - q, 1),
+    }
+    ms = {}
+    with torch.no_grad():
+        for name, fn in stages.items():  # back to back after one idle wait: the stages are too short to
+            wait_idle()                   # start each from an idle (cold) machine
+            for _ in range(3):
+                fn()
+            times = []
+            for _ in range(max(repeats, 5)):
+                t = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t)
+            ms[name] = 1000 * statistics.median(times)
+    ms["splat/slice operators of both kernels"] -= ms["appearance lattice + normaliser"]
+    return ms
 
 
 def main() -> None:
@@ -112,6 +156,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     ap.add_argument("--json", help="also write the rows as JSON")
     ap.add_argument("--scales", default="1,2", help="1: 480x360, 2: 960x720 (comma-separated)")
+    ap.add_argument("--breakdown", action="store_true", help="also time each stage of our CRF (per size and C)")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -126,14 +171,23 @@ def main() -> None:
             image, probs, label = make_input(scale, classes)
             image_t = torch.from_numpy(image).permute(2, 0, 1)[None].float().to(device)
             probs_t = torch.from_numpy(probs)[None].to(device)
+            if a.breakdown:
+                p = CRFParams()
+                ms = breakdown(image_t, probs_t, p, a.repeats)
+                print(json.dumps({"size": f"{image.shape[1]}x{image.shape[0]}", "classes": classes,
+                                  "stage_ms": {k: round(v, 1) for k, v in ms.items()}}), flush=True)
             for it in (5, 10):
                 p = CRFParams(iterations=it)
-                t_ours, ours = timed(lambda: run_ours(image_t, probs_t, it, p), a.repeats, sync)
-                t_bwd, _ = timed(lambda: run_ours_backward(image_t, probs_t, it, p), a.repeats, sync)
+                fns = {"ours": lambda: run_ours(image_t, probs_t, it, p),
+                       "bwd": lambda: run_ours_backward(image_t, probs_t, it, p)}
+                if have_ref:
+                    fns["ref"] = lambda: run_pydensecrf(image, probs, it, p)
+                res = timed(fns, a.repeats, sync)
+                (t_ours, ours), (t_bwd, _) = res["ours"], res["bwd"]
                 row = {"size": f"{image.shape[1]}x{image.shape[0]}", "classes": classes, "iterations": it,
                        "ours_ms": 1000 * t_ours, "ours_fwd_bwd_ms": 1000 * t_bwd}
                 if have_ref:
-                    t_ref, ref = timed(lambda: run_pydensecrf(image, probs, it, p), a.repeats)
+                    t_ref, ref = res["ref"]
                     row |= {"pydensecrf_ms": 1000 * t_ref, "speedup": t_ref / t_ours,
                             "identical_labels": float((ref == ours).mean())}
                 valid = label < 11

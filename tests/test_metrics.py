@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from structseg.engine.metrics import ConfusionMatrix
+from structseg.engine.metrics import ConfusionMatrix, class_map
 
 
 def test_confusion_counts_and_metrics_by_hand():
@@ -52,3 +52,11 @@ def test_accumulates_over_batches_like_one_matrix():
 def test_rejects_out_of_range_target():
     with pytest.raises(ValueError, match="target values"):
         ConfusionMatrix(3).update(torch.tensor([0]), torch.tensor([7]))
+
+
+def test_class_map_is_the_argmax_with_first_index_on_ties():
+    scores = torch.randn(2, 5, 7, 9, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(class_map(scores), scores.argmax(1))
+    assert torch.equal(class_map(scores[0], 0), scores[0].argmax(0))
+    tied = torch.tensor([[0.2, 0.7, 0.7, 0.1]]).T[:, :, None]  # (C=4, 1, 1): classes 1 and 2 tie
+    assert class_map(tied, 0).item() == 1

@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from ..data.dataset import SegmentationDataset
 from .distributed import is_main, rank_slice
-from .metrics import ConfusionMatrix
+from .metrics import ConfusionMatrix, class_map
 from .runtime import autocast
 
 Refiner = Callable[[torch.Tensor, np.ndarray], torch.Tensor]
@@ -45,7 +45,7 @@ def evaluate(model: torch.nn.Module, dataset: SegmentationDataset, device: torch
         logits = predict_logits(model, image[None], device, dtype, channels_last)
         if refine is not None:
             logits = refine(logits, dataset.load(i)[0])
-        cm.update(logits.argmax(1)[0].cpu(), label)
+        cm.update(class_map(logits)[0].cpu(), label)
     cm.all_reduce()
     model.train(was_training)
     return cm

@@ -11,6 +11,15 @@ import numpy as np
 import torch
 
 
+def class_map(scores: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """The predicted class per pixel: argmax of ``scores`` over the class dimension ``dim``.
+
+    Uses ``max(dim).indices`` (same result, first maximum on ties): on CPU ``argmax`` over a dim
+    that is not the last one is several times slower (18 ms vs 3 ms for 11 x 360 x 480 here).
+    """
+    return scores.max(dim).indices
+
+
 class ConfusionMatrix:
     """``matrix[t, p]`` counts pixels of true class ``t`` predicted as ``p``."""
 

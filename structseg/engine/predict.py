@@ -14,6 +14,7 @@ from ..data.transforms import normalize
 from ..errors import DataError
 from .checkpoint import checkpoint_classes, load_checkpoint, model_from_checkpoint
 from .evaluate import predict_logits
+from .metrics import class_map
 from .runtime import amp_dtype, pick_device
 
 
@@ -62,7 +63,7 @@ class Predictor:
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """``uint8 (H, W)`` class indices."""
-        return self.scores(image).argmax(0).numpy().astype(np.uint8)
+        return class_map(self.scores(image), 0).numpy().astype(np.uint8)
 
 
 def predict_paths(checkpoint: str | Path, inputs: list[str | Path], out: str | Path, progress: bool = True,

@@ -18,7 +18,7 @@ from .checkpoint import checkpoint_classes, load_checkpoint, model_from_checkpoi
 from ..structured.dense_crf import CRFParams
 from ..structured.crf_postprocess import crf_refiner
 from .evaluate import Refiner, evaluate, predict_logits
-from .metrics import ConfusionMatrix
+from .metrics import ConfusionMatrix, class_map
 from .runtime import amp_dtype, pick_device
 
 
@@ -102,7 +102,7 @@ def write_eval_outputs(record: dict, dataset: SegmentationDataset, model, device
             image, label = dataset.load(int(i))
             x, _ = dataset[int(i)]
             scores = predict_logits(model, x[None], device, dtype)
-            pred = (refine(scores, image) if refine else scores).argmax(1)[0].cpu().numpy()
+            pred = class_map(refine(scores, image) if refine else scores)[0].cpu().numpy()
             panel(image, label, pred, dataset.classes.palette, dataset.classes.ignore_index,
                   out / "panels" / f"{dataset.pairs[i][0].stem}.png")
     with atomic_path(out / "metrics.json") as tmp:

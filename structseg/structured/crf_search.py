@@ -16,7 +16,7 @@ from ..data.dataset import SegmentationDataset
 from ..data.io import atomic_path
 from ..data.transforms import EvalTransform
 from ..engine.evaluate import predict_logits
-from ..engine.metrics import ConfusionMatrix
+from ..engine.metrics import ConfusionMatrix, class_map
 from ..engine.report import load_for_dataset
 from ..engine.runtime import amp_dtype, pick_device
 from ..errors import ConfigError
@@ -64,7 +64,7 @@ def search_crf(checkpoint: str | Path, root: str | Path, split: str, grid: dict[
     for i in tqdm(indices, desc="network", unit="img", disable=not progress, leave=False):
         x, label = dataset[i]
         logits = predict_logits(model, x[None], device, dtype)
-        base_cm.update(logits.argmax(1)[0].cpu(), label)
+        base_cm.update(class_map(logits)[0].cpu(), label)
         cached.append((logits.half().cpu(), dataset.load(i)[0], label))
     base = base or CRFParams()
     keys = list(grid)
@@ -77,7 +77,7 @@ def search_crf(checkpoint: str | Path, root: str | Path, split: str, grid: dict[
         refine = crf_refiner(params)
         cm = ConfusionMatrix(dataset.classes.num_classes, dataset.classes.ignore_index)
         for logits, image, label in cached:
-            cm.update(refine(logits.float().to(device), image).argmax(1)[0].cpu(), label)
+            cm.update(class_map(refine(logits.float().to(device), image))[0].cpu(), label)
             bar.update(1)
         m = cm.compute()
         results.append({"params": dataclasses.asdict(params),

@@ -34,7 +34,7 @@ from ..data.io import atomic_path, load_torch_file
 from ..data.transforms import EvalTransform, TrainTransform
 from ..engine.checkpoint import (PRETRAINED_DIR, checkpoint_classes, load_checkpoint, model_from_checkpoint,
                                  pretrained_models, resolve_checkpoint)
-from ..engine.metrics import ConfusionMatrix
+from ..engine.metrics import ConfusionMatrix, class_map
 from ..engine.report import format_table, metrics_record
 from ..engine.runtime import amp_dtype, autocast, pick_device, set_threads
 from ..errors import CheckpointError, ConfigError
@@ -324,7 +324,7 @@ def _validation(dae, seg, ds, cfg, classes, ignore, lmb, device, dtype) -> tuple
             logits = dae(y, h).float()
         total += dae_loss(logits, label, ignore, lmb).item() * x.shape[0]
         n += x.shape[0]
-        cm.update(logits.argmax(1).cpu(), label.cpu())
+        cm.update(class_map(logits).cpu(), label.cpu())
     return total / max(n, 1), cm
 
 
@@ -359,9 +359,9 @@ def validate_dae(dae_path: str | Path, root: str | Path, split: str, out: str | 
                                 desc=f"step {step}", unit="batch", disable=not progress, leave=False):
             with autocast(device, dtype):
                 y0, h = seg(x.to(device))
-                cms[0].update(y0.argmax(1).cpu(), label)
+                cms[0].update(class_map(y0).cpu(), label)
                 iterative_inference(dae, y0, h, step, max_iterations,
-                                    on_iteration=lambda i, y, lab=label: cms[i].update(y.argmax(1).cpu(), lab))
+                                    on_iteration=lambda i, y, lab=label: cms[i].update(class_map(y).cpu(), lab))
         table[step] = [cm.compute()["miou"] for cm in cms]
         if progress:
             it = int(np.argmax(table[step][1:])) + 1
@@ -410,7 +410,7 @@ def _score(dae_path, root, split, segmenter, methods: dict[str, Callable], progr
             with autocast(device, dtype):
                 y = fn(dae, y0, h, ds, idx)
             t0[name] += time.perf_counter() - start
-            cms[name].update(y.argmax(1).cpu(), label)
+            cms[name].update(class_map(y).cpu(), label)
     return ds, cms, t0
 
 

@@ -248,7 +248,7 @@ def mean_field(unary: torch.Tensor, image: torch.Tensor, params: CRFParams,
     appear = _Block(GaussianKernel(appearance_features(img, params.appearance_xy, params.appearance_rgb)))
     op = MessageOperator(smooth, appear, b)
     weights = weights if weights is not None else (params.smoothness_weight, params.appearance_weight)
-    u = unary.to(dtype).permute(0, 2, 3, 1).reshape(b * h * w, c)  # (BN, C), pixels of image 0 first
+    u = unary.to(dtype).permute(0, 2, 3, 1).reshape(b * h * w, c).contiguous()  # (BN, C), image 0 first
     q = torch.softmax(-u, 1)
     for _ in range(params.iterations):
         message = op(q, weights)
