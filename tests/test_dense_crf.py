@@ -256,3 +256,18 @@ def test_compatibility_from_settings():
     image, logits = tiny_image(1, 8, 9), torch.randn(1, 3, 8, 9)
     torch.testing.assert_close(DenseCRF(p)(image, logits=logits),
                                mean_field(-torch.log_softmax(logits, 1), image, p, torch.tensor([2.0, 1.0, 1.0])))
+
+
+@pytest.mark.parametrize("d", [2, 5])
+def test_integer_code_path_builds_the_same_lattice(monkeypatch, d):
+    # codes are float64 products below 2^53 and int64 sums above; force the int64 path and compare
+    import structseg.structured.lattice as lattice_module
+    g = torch.Generator().manual_seed(d)
+    f = torch.randn(2, 150, d, generator=g, dtype=torch.float64) * 3
+    v = torch.randn(2, 150, 3, generator=g, dtype=torch.float64)
+    fast = PermutohedralLattice(f)
+    monkeypatch.setattr(lattice_module, "_EXACT_IN_FLOAT64", 0)
+    slow = PermutohedralLattice(f)
+    assert slow.num_lattice_points == fast.num_lattice_points
+    torch.testing.assert_close(slow.filter(v), fast.filter(v), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(slow.filter(v, transpose=True), fast.filter(v, transpose=True), rtol=1e-12, atol=1e-12)
