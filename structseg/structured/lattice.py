@@ -82,7 +82,8 @@ class PermutohedralLattice:
     values; ``filter(values, transpose=True)`` applies its transpose. The pieces are public for
     fused use (see ``dense_crf``): ``vertex`` ``(BN, d+1)`` lattice-point ids of each point's
     simplex, ``bary`` their barycentric weights, ``splat_dest`` where each of those entries goes
-    when ordered by lattice point (rows start at ``splat_offsets``), ``neighbours`` per blur axis (id ``num_lattice_points`` is an all-zero pad row).
+    when ordered by lattice point (rows start at ``splat_offsets``), ``neighbours`` per blur axis
+    (id ``num_lattice_points`` is an all-zero pad row).
     """
 
     def __init__(self, features: torch.Tensor):
@@ -105,7 +106,7 @@ class PermutohedralLattice:
         #    Coordinates are rows here ((d+1, BN) layout) so every step runs on contiguous memory.
         f = features.reshape(bn, d).to(self.dtype)
         diff = torch.mm(_elevation_matrix(d, self.dtype, device), f.T)  # (d+1, BN) elevated
-        rem0 = torch.div(diff, d1).round_().mul_(d1)  # nearest multiple of d+1 (densecrf: ties go down)
+        rem0 = torch.div(diff, d1).sub_(0.5).ceil_().mul_(d1)  # nearest multiple of d+1, ties down as densecrf
         diff.sub_(rem0)
         # rank_i = #{j > i: diff_j > diff_i} + #{j < i: diff_j >= diff_i} (densecrf's tie-breaking),
         # counted in int8: start from #{j < i} = i and move one count per comparison
@@ -145,12 +146,14 @@ class PermutohedralLattice:
         vstrides = _strides([b] + ((torch.div(hi, d1).round_() - lo).long() + 3).tolist() + [d1], "lattice points")
         permutations = d1 ** d
         _strides([vstrides[0] // d1 * b, permutations], "simplices")
-        place = torch.tensor(vstrides[1:-1], dtype=torch.float64, device=device) / d1  # t-code place values
-        if vstrides[0] // d1 * b * permutations < _EXACT_IN_FLOAT64:
+        exact = vstrides[0] // d1 * b * permutations < _EXACT_IN_FLOAT64
+        place = torch.tensor([s // d1 for s in vstrides[1:-1]], device=device)  # t-code place values
+        place = place.to(torch.float64) if exact else place
+        if exact:
             t_code = (place @ rem0[:d].to(torch.float64)).div_(d1).sub_(float(place @ lo.to(torch.float64)))
             t_code = t_code.to(torch.int64)
         else:
-            t_code = ((rem0[:d] / d1 - lo[:, None]).round().long() * place.long()[:, None]).sum(0)
+            t_code = ((rem0[:d] / d1 - lo[:, None]).round().long() * place[:, None]).sum(0)
         img = torch.arange(b, device=device).repeat_interleave(n) if b > 1 else None
         if img is not None:
             t_code += img * (vstrides[0] // d1)
@@ -173,9 +176,9 @@ class PermutohedralLattice:
         #    of their place values over the coordinates in rank order).
         t_u = torch.div(sorted_codes.index_select(0, first), permutations, rounding_mode="floor")
         rank_u = rank.index_select(1, order.index_select(0, first)).T.long()  # (U, d+1)
-        by_rank = torch.zeros(u, d1, dtype=torch.float64, device=device)
+        by_rank = torch.zeros(u, d1, dtype=place.dtype, device=device)
         by_rank.scatter_(1, rank_u, torch.cat([place, place.new_zeros(1)]).expand(u, d1))
-        lowered = torch.zeros(u, d1, dtype=torch.float64, device=device)
+        lowered = torch.zeros(u, d1, dtype=place.dtype, device=device)
         torch.cumsum(by_rank.flip(1)[:, :d], 1, out=lowered[:, 1:])
         vcode = (t_u[:, None] - lowered.to(torch.int64)).mul_(d1).add_(torch.arange(d1, device=device))
         uniq, vinv = torch.unique(vcode.flatten(), return_inverse=True)
@@ -212,7 +215,7 @@ class PermutohedralLattice:
             0, vinv.long(), counts.repeat_interleave(d1))
         self.splat_offsets = torch.zeros(m + 1, dtype=torch.int64, device=device)
         torch.cumsum(per_point, 0, out=self.splat_offsets[1:])
-        self._slice = None
+        self._slice = self._splat = None
 
     def splat_matrix(self, weights: torch.Tensor | None = None) -> SparseRows:
         """``(M, BN)``: the entry weights ``(BN, d+1)`` (default ``bary``) ordered by lattice point."""
@@ -253,7 +256,8 @@ class PermutohedralLattice:
         self._slice = self._slice or self.slice_matrix()
         dtype = values.dtype
         flat = values.reshape(self.batch * self.num_points, -1).to(self.dtype)
-        lattice_values = self.splat_matrix() @ flat
+        self._splat = self._splat or self.splat_matrix()
+        lattice_values = self._splat @ flat
         lattice_values = torch.cat([lattice_values, lattice_values.new_zeros(1, lattice_values.shape[1])])
         out = (self._slice @ self.blur(lattice_values, reverse=transpose)) * self.alpha
         return out.reshape(shape).to(dtype)
