@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .lattice import PermutohedralLattice, SparseRows, all_finite
+from .lattice import Blur, PermutohedralLattice, SparseRows, all_finite
 
 
 class GaussianKernel:
@@ -90,8 +90,8 @@ class MessageOperator:
         k = slice_col.shape[1]
         self.slice_ = SparseRows(torch.arange(0, batch * n * k + 1, k, device=device), slice_col.flatten(),
                                  slice_val.flatten(), self.rows + 1)
-        self.neighbours = []
         pad = self.rows
+        neighbours = []
         for j in range(max(len(position.neighbours), len(appearance.neighbours))):
             pair = []
             for side in range(2):
@@ -101,18 +101,14 @@ class MessageOperator:
                 parts.append(_shift(appearance.neighbours, j, side, ma, batch * ms, pad))
                 parts.append(torch.tensor([pad], device=device))
                 pair.append(torch.cat(parts))
-            self.neighbours.append(tuple(pair))
+            neighbours.append(tuple(pair))
+        self.blur = Blur(neighbours)
 
     def splat(self, q: torch.Tensor) -> torch.Tensor:
         """``(BN, C)`` -> ``(rows + 1, C)``, the last (pad) row zero."""
         n = self.points
         parts = [self.position_splat @ q[k * n:(k + 1) * n] for k in range(self.batch)]
         return torch.cat(parts + [self.appearance_splat @ q, q.new_zeros(1, q.shape[1])])
-
-    def blur(self, values: torch.Tensor, reverse: bool = False) -> torch.Tensor:
-        for n1, n2 in (reversed(self.neighbours) if reverse else self.neighbours):
-            values = values + 0.5 * (values.index_select(0, n1) + values.index_select(0, n2))
-        return values
 
     def row_scale(self, weights: tuple, dtype: torch.dtype, device) -> torch.Tensor:
         parts = [torch.as_tensor(w * a, dtype=dtype, device=device).expand(size)

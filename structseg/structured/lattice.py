@@ -75,6 +75,29 @@ class SparseRows:
                                per_sample_weights=self.weights.to(dense.dtype), include_last_offset=True)
 
 
+class Blur:
+    """The [1/2, 1, 1/2] blur along each lattice axis, as one sparse product per axis.
+
+    ``neighbours`` holds, per axis, the ids of each lattice row's two neighbours (the last row is
+    an all-zero pad that missing neighbours point to). The transpose runs the axes in reverse.
+    """
+
+    def __init__(self, neighbours: list[tuple[torch.Tensor, torch.Tensor]]):
+        rows = neighbours[0][0].numel()
+        device = neighbours[0][0].device
+        offsets = torch.arange(0, 3 * rows + 1, 3, device=device)
+        self.axes = []
+        for n1, n2 in neighbours:
+            indices = torch.stack([torch.arange(rows, device=device), n1, n2], 1).flatten()
+            weights = torch.tensor([1.0, 0.5, 0.5], device=device).repeat(rows)
+            self.axes.append(SparseRows(offsets, indices, weights, rows))
+
+    def __call__(self, values: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+        for axis in (reversed(self.axes) if reverse else self.axes):
+            values = axis @ values
+        return values
+
+
 class PermutohedralLattice:
     """A lattice built from features ``(N, d)`` or ``(B, N, d)`` (already divided by the std devs).
 
@@ -215,7 +238,7 @@ class PermutohedralLattice:
             0, vinv.long(), counts.repeat_interleave(d1))
         self.splat_offsets = torch.zeros(m + 1, dtype=torch.int64, device=device)
         torch.cumsum(per_point, 0, out=self.splat_offsets[1:])
-        self._slice = self._splat = None
+        self._slice = self._splat = self._blur = None
 
     def splat_matrix(self, weights: torch.Tensor | None = None) -> SparseRows:
         """``(M, BN)``: the entry weights ``(BN, d+1)`` (default ``bary``) ordered by lattice point."""
@@ -243,9 +266,8 @@ class PermutohedralLattice:
         return (self._slice @ self.blur(lattice))[:, 0] * self.alpha
 
     def blur(self, values: torch.Tensor, reverse: bool = False) -> torch.Tensor:
-        for n1, n2 in (reversed(self.neighbours) if reverse else self.neighbours):
-            values = values + 0.5 * (values.index_select(0, n1) + values.index_select(0, n2))
-        return values
+        self._blur = self._blur or Blur(self.neighbours)
+        return self._blur(values, reverse)
 
     def filter(self, values: torch.Tensor, transpose: bool = False) -> torch.Tensor:
         """Gaussian-filter ``values`` (``(N, C)`` or ``(B, N, C)``, matching the features)."""
