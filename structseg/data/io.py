@@ -56,6 +56,17 @@ def atomic_path(path: str | Path):
     return _AtomicPath(Path(path))
 
 
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete temporaries that ``atomic_path`` left in ``folder`` when a process was killed mid-write.
+
+    Call it only where no other process is writing (e.g. when a run folder is resumed).
+    """
+    stale = [p for p in Path(folder).glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 class _AtomicPath:
     def __init__(self, path: Path):
         self.path = path

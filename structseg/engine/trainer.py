@@ -21,7 +21,7 @@ from tqdm import tqdm
 from ..config import Config, save_config
 from ..data.class_weights import enet_weights, median_frequency_weights
 from ..data.dataset import SegmentationDataset
-from ..data.io import atomic_path
+from ..data.io import atomic_path, remove_stale_temporaries
 from ..data.layout import read_classes
 from ..data.transforms import EvalTransform, TrainTransform
 from ..errors import CheckpointError, ConfigError, StructsegError
@@ -152,6 +152,7 @@ def train(cfg: Config, out_dir: str | Path, progress: bool = True, stop_after_ep
         load_backbone_weights(getattr(model, "net", model), cfg.model.backbone_weights)
     if is_main():
         out_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out_dir)  # a checkpoint half-written when the last run was killed
         save_config(cfg, out_dir / "config.yaml")
 
     model.to(device)

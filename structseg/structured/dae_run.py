@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from ..config import dataclass_from_dict, read_yaml
 from ..data.dataset import SegmentationDataset
-from ..data.io import atomic_path, load_torch_file
+from ..data.io import atomic_path, load_torch_file, remove_stale_temporaries
 from ..data.transforms import EvalTransform, TrainTransform
 from ..engine.checkpoint import (PRETRAINED_DIR, checkpoint_classes, load_checkpoint, model_from_checkpoint,
                                  pretrained_models, resolve_checkpoint)
@@ -239,6 +239,7 @@ def train_dae(cfg: DAERunConfig, segmenter: str | Path, out: str | Path, progres
     device = pick_device()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)  # a checkpoint half-written when the last run was killed
     cfg_dict = dataclasses.asdict(cfg)
     seg_ckpt, seg = load_segmenter(segmenter, cfg.dae_dict.concat_h, cfg.segmenter_layers,
                                    cfg.dae_dict.temperature, device)
