@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from structseg.structured.dense_crf import (CRFParams, DenseCRF, GaussianKernel, appearance_features, mean_field,
-                                     position_features)
+                                           message_operator, position_features)
 from structseg.structured.lattice import PermutohedralLattice
 
 
@@ -271,3 +271,15 @@ def test_integer_code_path_builds_the_same_lattice(monkeypatch, d):
     assert slow.num_lattice_points == fast.num_lattice_points
     torch.testing.assert_close(slow.filter(v), fast.filter(v), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(slow.filter(v, transpose=True), fast.filter(v, transpose=True), rtol=1e-12, atol=1e-12)
+
+
+def test_a_prebuilt_operator_serves_other_weights_and_iterations():
+    image = tiny_image(3, 10, 12)
+    unary = torch.randn(1, 3, 10, 12, generator=torch.Generator().manual_seed(3))
+    widths = CRFParams(appearance_xy=5.0, appearance_rgb=20.0)
+    op = message_operator(image, widths)
+    for weight, iterations in ((2.0, 3), (8.0, 1)):
+        p = CRFParams(iterations=iterations, appearance_weight=weight, appearance_xy=5.0, appearance_rgb=20.0)
+        torch.testing.assert_close(mean_field(unary, image, p, operator=op), mean_field(unary, image, p))
+    with pytest.raises(ValueError, match="operator built for 1 image"):
+        mean_field(unary[:, :, :5], image[:, :, :5], widths, operator=op)

@@ -10,6 +10,7 @@ import itertools
 import json
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from ..data.dataset import SegmentationDataset
@@ -20,8 +21,8 @@ from ..engine.metrics import ConfusionMatrix, class_map
 from ..engine.report import load_for_dataset
 from ..engine.runtime import amp_dtype, pick_device
 from ..errors import ConfigError
-from .dense_crf import CRFParams
-from .crf_postprocess import crf_refiner, save_crf_params
+from .dense_crf import LATTICE_SETTINGS, CRFParams, mean_field, message_operator
+from .crf_postprocess import save_crf_params
 
 DEFAULT_GRID = {"appearance_weight": [3.0, 5.0, 10.0], "appearance_xy": [30.0, 50.0, 80.0],
                 "appearance_rgb": [3.0, 5.0, 13.0]}
@@ -68,22 +69,29 @@ def search_crf(checkpoint: str | Path, root: str | Path, split: str, grid: dict[
         cached.append((logits.half().cpu(), dataset.load(i)[0], label))
     base = base or CRFParams()
     keys = list(grid)
-    combos = list(itertools.product(*(grid[k] for k in keys)))
-    results = []
-    bar = tqdm(total=len(combos) * len(cached), desc="crf grid", unit="img", disable=not progress)
-    for values in combos:
-        params = dataclasses.replace(base, **dict(zip(keys, values)))
+    combos = [dataclasses.replace(base, **dict(zip(keys, values))) for values in itertools.product(*grid.values())]
+    for params in combos:
         params.validate()
-        refine = crf_refiner(params)
-        cm = ConfusionMatrix(dataset.classes.num_classes, dataset.classes.ignore_index)
-        for logits, image, label in cached:
-            cm.update(class_map(refine(logits.float().to(device), image))[0].cpu(), label)
-            bar.update(1)
-        m = cm.compute()
-        results.append({"params": dataclasses.asdict(params),
-                        **{k: m[k] for k in ("miou", "mean_acc", "pixel_acc")}})
-        bar.set_postfix(best=f"{max(r['miou'] for r in results):.4f}")
+    # combos that differ only in weights or iterations share one pair of lattices per image
+    groups: dict[tuple, list[int]] = {}
+    for k, params in enumerate(combos):
+        groups.setdefault(tuple(getattr(params, name) for name in LATTICE_SETTINGS), []).append(k)
+    cms = [ConfusionMatrix(dataset.classes.num_classes, dataset.classes.ignore_index) for _ in combos]
+    bar = tqdm(total=len(combos) * len(cached), desc="crf grid", unit="img", disable=not progress)
+    for logits, image, label in cached:
+        unary = -torch.log_softmax(logits.float().to(device), 1)
+        img = torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float()
+        for members in groups.values():
+            op = message_operator(img, combos[members[0]])
+            for k in members:
+                q = mean_field(unary, img, combos[k], combos[k].compatibility_tensor(), operator=op)
+                cms[k].update(class_map(q)[0].cpu(), label)
+                bar.update(1)
     bar.close()
+    results = []
+    for params, cm in zip(combos, cms):
+        m = cm.compute()
+        results.append({"params": dataclasses.asdict(params), **{k: m[k] for k in ("miou", "mean_acc", "pixel_acc")}})
     results.sort(key=lambda r: -r["miou"])
     b = base_cm.compute()
     baseline = {k: b[k] for k in ("miou", "mean_acc", "pixel_acc")}

@@ -218,9 +218,27 @@ def unary_from_probabilities(probs: torch.Tensor, clip: float = 1e-5) -> torch.T
     return probs.clamp(min=clip).log_().neg_()
 
 
+LATTICE_SETTINGS = ("smoothness_xy", "appearance_xy", "appearance_rgb")  # what the operator depends on
+
+
+def message_operator(image: torch.Tensor, params: CRFParams, dtype: torch.dtype = torch.float32) -> MessageOperator:
+    """Both kernels' lattices for RGB ``image`` ``(B, 3, H, W)`` (0-255) and the widths in ``params``.
+
+    ``mean_field(..., operator=op)`` reuses it, e.g. for several weights or iteration counts on one
+    image (``crf search`` does); only the settings in ``LATTICE_SETTINGS`` enter it.
+    """
+    if image.dim() != 4 or image.shape[1] != 3:
+        raise ValueError(f"image must be RGB, (B, 3, H, W), got shape {tuple(image.shape)}")
+    b, _, h, w = image.shape
+    smooth = position_block(h, w, params.smoothness_xy, image.device, dtype)
+    appear = _Block(GaussianKernel(appearance_features(image.to(dtype), params.appearance_xy, params.appearance_rgb)))
+    return MessageOperator(smooth, appear, b)
+
+
 def mean_field(unary: torch.Tensor, image: torch.Tensor, params: CRFParams,
                compatibility: torch.Tensor | None = None,
-               weights: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+               weights: tuple[torch.Tensor, torch.Tensor] | None = None,
+               operator: MessageOperator | None = None) -> torch.Tensor:
     """Mean-field inference; returns ``Q`` ``(B, C, H, W)``.
 
     ``unary`` is the energy ``U`` (e.g. ``-log p``); ``image`` is RGB in 0-255. ``compatibility``
@@ -229,6 +247,7 @@ def mean_field(unary: torch.Tensor, image: torch.Tensor, params: CRFParams,
     per-class reward multiplying the weights); a ``(C, C)`` matrix for a full label-compatibility
     *penalty* ``mu`` (``msg_l = -sum_l' mu[l, l'] (K Q)_l'``).
     ``weights`` (optional tensors) replace the smoothness and appearance weights, e.g. learned ones.
+    ``operator`` (from ``message_operator`` on the same image and widths) skips building the lattices.
     """
     params.validate()
     unary, image = _check_inputs(unary, image)
@@ -239,10 +258,13 @@ def mean_field(unary: torch.Tensor, image: torch.Tensor, params: CRFParams,
         raise ValueError("unary contains NaN or infinity")
     b, c, h, w = unary.shape
     dtype = torch.float64 if unary.dtype == torch.float64 else torch.float32
-    img = image.to(dtype)
-    smooth = position_block(h, w, params.smoothness_xy, unary.device, dtype)
-    appear = _Block(GaussianKernel(appearance_features(img, params.appearance_xy, params.appearance_rgb)))
-    op = MessageOperator(smooth, appear, b)
+    if operator is None:
+        op = message_operator(image, params, dtype)
+    elif operator.batch != b or operator.points != h * w:
+        raise ValueError(f"operator built for {operator.batch} image(s) of {operator.points} pixels, "
+                         f"unary has {b} of {h * w}")
+    else:
+        op = operator
     weights = weights if weights is not None else (params.smoothness_weight, params.appearance_weight)
     u = unary.to(dtype).permute(0, 2, 3, 1).reshape(b * h * w, c).contiguous()  # (BN, C), image 0 first
     q = torch.softmax(-u, 1)
@@ -251,9 +273,9 @@ def mean_field(unary: torch.Tensor, image: torch.Tensor, params: CRFParams,
         if compatibility is None:
             q = torch.softmax(message.sub_(u), 1)
         elif compatibility.dim() == 1:
-            q = torch.softmax(message * compatibility.to(message.dtype) - u, 1)
+            q = torch.softmax(message * compatibility.to(device=message.device, dtype=message.dtype) - u, 1)
         else:
-            q = torch.softmax(-u - message @ compatibility.T.to(message.dtype), 1)
+            q = torch.softmax(-u - message @ compatibility.T.to(device=message.device, dtype=message.dtype), 1)
     return q.view(b, h, w, c).permute(0, 3, 1, 2).contiguous().to(unary.dtype)
 
 
