@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from structseg.errors import CheckpointError
 from structseg.structured.dae import ConditionalDAE, DAEConfig, corrupt, dae_loss, iterative_inference
 
 
@@ -220,6 +221,8 @@ def test_shipped_camvid_dae_loads_by_name_with_its_chosen_pair():
     assert "camvid-unet-dae" in shipped_daes()
     ck = read_dae_checkpoint("camvid-unet-dae")
     assert ck["segmenter"] == "camvid-unet" and ck["chosen"] == {"step": 0.05, "iterations": 17}
+    with pytest.raises(CheckpointError, match="camvid-unet: that is a shipped segmentation model, not a DAE"):
+        read_dae_checkpoint("camvid-unet")  # a segmenter's name where a DAE is expected
     cfg, _, seg, dae = load_dae("camvid-unet-dae", None, torch.device("cpu"))  # weights fit the architecture
     y = torch.softmax(torch.randn(1, 11, 64, 96), 1)
     _, h = seg(torch.zeros(1, 3, 64, 96))

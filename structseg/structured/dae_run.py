@@ -164,7 +164,11 @@ def shipped_daes() -> dict[str, Path]:
 
 def read_dae_checkpoint(path: str | Path) -> dict:
     """A DAE checkpoint file, or the name of a shipped one, read safely and checked."""
-    path = shipped_daes().get(str(path), path)
+    shipped = shipped_daes()
+    if str(path) not in shipped and str(path) in pretrained_models() and not Path(path).exists():
+        raise CheckpointError(f"{path}: that is a shipped segmentation model, not a DAE; shipped DAEs: "
+                              f"{', '.join(shipped) or 'none'} (or give a DAE checkpoint file)")
+    path = shipped.get(str(path), path)
     ck = load_torch_file(path, "DAE checkpoint")
     if not isinstance(ck, dict) or ck.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a structseg DAE checkpoint (expected format {FORMAT})")
