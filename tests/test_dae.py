@@ -119,7 +119,7 @@ def segmenter_run(synth_root, tmp_path_factory):
     return run / "best.pt"
 
 
-def test_dae_train_validate_test_compare_end_to_end(synth_root, segmenter_run, tmp_path):
+def test_dae_train_validate_test_compare_end_to_end(synth_root, segmenter_run, tmp_path, monkeypatch):
     import json as _json
 
     from structseg.cli import main as cli
@@ -139,6 +139,19 @@ def test_dae_train_validate_test_compare_end_to_end(synth_root, segmenter_run, t
     best = max((m, s, i) for s, row in v["table"].items() for i, m in enumerate(row) if i >= 1)
     assert v["miou"] == best[0] and (tmp_path / "v" / "miou_per_iteration.png").stat().st_size > 0
     assert all(len(row) == 4 for row in v["table"].values())
+    # an interrupted validation resumes: steps already scored are read back, not recomputed
+    from structseg.structured import dae_run
+    calls = []
+    real = dae_run.iterative_inference
+    monkeypatch.setattr(dae_run, "iterative_inference", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    steps_file = tmp_path / "v" / "validate_steps.json"
+    saved = _json.loads(steps_file.read_text())
+    saved["table"] = {"0.1": saved["table"]["0.1"]}  # as if stopped after the first step
+    steps_file.write_text(_json.dumps(saved))
+    assert cli(["dae", "validate", str(out / "best.pt"), "--data", str(synth_root), "--split", "val.txt",
+                "--out", str(tmp_path / "v"), "--steps", "0.1,1", "--max-iterations", "3", "--quiet"]) == 0
+    assert set(calls) == {1.0}
+    assert _json.loads((tmp_path / "v" / "validate.json").read_text()) == v
 
     assert cli(["dae", "test", str(out / "best.pt"), "--data", str(synth_root), "--split", "val.txt",
                 "--chosen", str(tmp_path / "v" / "chosen.yaml"), "--out", str(tmp_path / "t"), "--quiet"]) == 0

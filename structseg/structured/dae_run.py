@@ -357,8 +357,22 @@ def validate_dae(dae_path: str | Path, root: str | Path, split: str, out: str | 
     dtype = amp_dtype(cfg.train_dict.amp, device)
     ds = _dataset(root, split, seg_ckpt)
     classes, ignore = ds.classes.num_classes, ds.classes.ignore_index
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    # each finished step is saved at once, so an interrupted validation resumes where it stopped
+    progress_file = out / "validate_steps.json"
+    run_key = {"dae": str(dae_path), "data": str(root), "split": split, "max_iterations": max_iterations,
+               "segmenter": None if segmenter is None else str(segmenter)}
     table: dict[float, list[float]] = {}
+    if progress_file.exists():
+        saved = json.loads(progress_file.read_text())
+        if saved.get("run") == run_key:
+            table = {float(k): v for k, v in saved["table"].items() if float(k) in steps}
+            if table and progress:
+                print(f"resuming: steps {', '.join(map(str, table))} already scored ({progress_file})", flush=True)
     for step in steps:
+        if step in table:
+            continue
         cms = [ConfusionMatrix(classes, ignore) for _ in range(max_iterations + 1)]
         for x, label, _ in tqdm(list(batches(ds, range(len(ds)), cfg.train_dict.batch_size[1])),
                                 desc=f"step {step}", unit="batch", disable=not progress, leave=False):
@@ -368,12 +382,13 @@ def validate_dae(dae_path: str | Path, root: str | Path, split: str, out: str | 
                 iterative_inference(dae, y0, h, step, max_iterations,
                                     on_iteration=lambda i, y, lab=label: cms[i].update(class_map(y).cpu(), lab))
         table[step] = [cm.compute()["miou"] for cm in cms]
+        with atomic_path(progress_file) as tmp:
+            tmp.write_text(json.dumps({"run": run_key, "table": {str(k): v for k, v in table.items()}}))
         if progress:
             it = int(np.argmax(table[step][1:])) + 1
             print(f"step {step}: base {table[step][0]:.4f}, best {table[step][it]:.4f} after {it} iterations", flush=True)
+    table = {step: table[step] for step in steps}
     step, iterations = choose(table)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     result = {"dae": str(dae_path), "data": str(root), "split": split, "base_miou": table[steps[0]][0],
               "table": {str(k): v for k, v in table.items()}, "step": step, "iterations": iterations,
               "miou": table[step][iterations]}
