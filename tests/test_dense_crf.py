@@ -50,7 +50,7 @@ def test_lattice_approximates_the_right_width():
     assert min(errs, key=errs.get) == 1.0, errs
 
 
-@pytest.mark.parametrize("d", [1, 2, 3, 5, 7])
+@pytest.mark.parametrize("d", [1, 2, 3, 5, 7, 12])  # 12: too many simplices for int64 codes
 def test_transpose_is_the_adjoint(d):
     g = torch.Generator().manual_seed(d)
     f = torch.randn(200, d, generator=g, dtype=torch.float64) * 2
@@ -259,14 +259,18 @@ def test_compatibility_from_settings():
 
 
 @pytest.mark.parametrize("d", [2, 5])
-def test_integer_code_path_builds_the_same_lattice(monkeypatch, d):
-    # codes are float64 products below 2^53 and int64 sums above; force the int64 path and compare
+@pytest.mark.parametrize("path", ["int64 codes", "whole rows"])
+def test_other_hashing_paths_build_the_same_lattice(monkeypatch, d, path):
+    # codes are float64 products below 2^53, int64 sums below 2^62, and whole rows made unique beyond
     import structseg.structured.lattice as lattice_module
     g = torch.Generator().manual_seed(d)
     f = torch.randn(2, 150, d, generator=g, dtype=torch.float64) * 3
     v = torch.randn(2, 150, 3, generator=g, dtype=torch.float64)
     fast = PermutohedralLattice(f)
-    monkeypatch.setattr(lattice_module, "_EXACT_IN_FLOAT64", 0)
+    if path == "int64 codes":
+        monkeypatch.setattr(lattice_module, "_EXACT_IN_FLOAT64", 0)
+    else:
+        monkeypatch.setattr(lattice_module, "_fits_int64", lambda spans: False)
     slow = PermutohedralLattice(f)
     assert slow.num_lattice_points == fast.num_lattice_points
     torch.testing.assert_close(slow.filter(v), fast.filter(v), rtol=1e-12, atol=1e-12)

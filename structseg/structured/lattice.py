@@ -8,11 +8,12 @@ point, ranks, barycentric weights, [1/2, 1, 1/2] blur along the d+1 lattice axes
 hash table: each point's enclosing simplex (remainder-0 point and rank permutation) is packed
 into one integer code and sorted, the vertices of the distinct simplices are packed and made
 unique the same way, blur neighbours are found by ``searchsorted`` in the sorted vertex codes,
-and splat and slice are sparse row-by-row products (``SparseRows``).
+and splat and slice are sparse row-by-row products (``SparseRows``). Lattices too wide or too
+high-dimensional for 64-bit codes make whole rows of integers unique instead (slower, any size).
 
 The build is memory-bound (a few dozen passes over ``(d+1) x N`` arrays), so it works in place
-where it can, counts ranks in int8, and lays out the splat by expanding the few distinct
-simplices rather than sorting all ``N (d+1)`` entries.
+where it can, counts ranks in int8, and lays out the splat by placing each entry in the block of
+its (simplex, vertex) pair rather than sorting all ``N (d+1)`` entries.
 
 The filter is linear, ``K = alpha * S^T B_d ... B_0 S`` with symmetric blurs ``B_j``, so its
 transpose is the same filter with the blur axes in reverse order (``transpose=True``).
@@ -40,14 +41,11 @@ def _elevation_matrix(d: int, dtype: torch.dtype, device: torch.device) -> torch
     return (e * scale[None, :]).to(device=device, dtype=dtype)
 
 
-def _strides(spans: list[int], what: str) -> list[int]:
+def _strides(spans: list[int]) -> list[int]:
     """Mixed-radix place values for digits with the given spans (first most significant)."""
     strides = [1] * len(spans)
     for k in range(len(spans) - 2, -1, -1):
         strides[k] = strides[k + 1] * int(spans[k + 1])
-    if strides[0] * int(spans[0]) >= 2 ** 62:
-        raise ValueError(f"lattice too large to hash ({what}): the features span too wide a range for their "
-                         "standard deviations; use wider kernels or fewer points")
     return strides
 
 
@@ -96,6 +94,120 @@ class Blur:
         for axis in (reversed(self.axes) if reverse else self.axes):
             values = axis @ values
         return values
+
+
+def _fits_int64(spans: list[int]) -> bool:
+    total = 1
+    for sp in spans:
+        total *= int(sp)
+    return total < 2 ** 62
+
+
+def _runs(sorted_keys_differ: torch.Tensor, order: torch.Tensor) -> tuple:
+    """Runs of equal keys in sorted order -> (first, counts, simplex id per point, id in sorted order)."""
+    bn = order.numel()
+    first = torch.nonzero(sorted_keys_differ).flatten()  # where each run starts in `order`
+    counts = torch.diff(first, append=first.new_tensor([bn]))
+    simplex_sorted = torch.cumsum(sorted_keys_differ, 0).sub_(1)
+    simplex = torch.empty(bn, dtype=torch.int64, device=order.device).scatter_(0, order, simplex_sorted)
+    return first, counts, simplex, simplex_sorted
+
+
+def _by_codes(t0, lo, t_spans, rank, img, b) -> tuple:
+    """Simplices, lattice points and neighbours from mixed-radix integer codes (one sort each).
+
+    A point's code is (image, t, r); a simplex's is (image, t of its remainder-0 point, ranks).
+    Codes are float64 products below 2^53 (int64 products do not vectorise on x86), else int64.
+    """
+    d, bn = t0.shape
+    d1 = d + 1
+    device = t0.device
+    vstrides = _strides([b] + t_spans + [d1])
+    permutations = d1 ** d
+    exact = vstrides[0] // d1 * b * permutations < _EXACT_IN_FLOAT64
+    place = torch.tensor([s // d1 for s in vstrides[1:-1]], device=device)  # t-code place values
+    place = place.to(torch.float64) if exact else place
+    if exact:
+        t_code = (place @ t0.to(torch.float64)).sub_(float(place @ lo.to(torch.float64))).to(torch.int64)
+    else:
+        t_code = ((t0 - lo[:, None]).long() * place[:, None]).sum(0)
+    if img is not None:
+        t_code += img * (vstrides[0] // d1)
+    rank_code = rank[0].to(torch.int32)
+    for k in range(1, d):
+        rank_code *= d1
+        rank_code += rank[k]
+    sorted_codes, order = torch.sort(t_code.mul_(permutations).add_(rank_code))
+    new = torch.ones(bn, dtype=torch.bool, device=device)
+    torch.ne(sorted_codes[1:], sorted_codes[:-1], out=new[1:])
+    first, counts, simplex, simplex_sorted = _runs(new, order)
+    u = first.numel()
+
+    # vertex r of a simplex: remainder r, t lowered by one on the r coordinates ranked highest
+    # (a cumulative sum of their place values over the coordinates in rank order)
+    t_u = torch.div(sorted_codes.index_select(0, first), permutations, rounding_mode="floor")
+    rank_u = rank.index_select(1, order.index_select(0, first)).T.long()  # (U, d+1)
+    by_rank = torch.zeros(u, d1, dtype=place.dtype, device=device)
+    by_rank.scatter_(1, rank_u, torch.cat([place, place.new_zeros(1)]).expand(u, d1))
+    lowered = torch.zeros(u, d1, dtype=place.dtype, device=device)
+    torch.cumsum(by_rank.flip(1)[:, :d], 1, out=lowered[:, 1:])
+    vcode = (t_u[:, None] - lowered.to(torch.int64)).mul_(d1).add_(torch.arange(d1, device=device))
+    uniq, vinv = torch.unique(vcode.flatten(), return_inverse=True)
+    m = uniq.numel()
+
+    # blur neighbours along axis j, key +- (1, ..., 1, -d, 1, ..., 1): the remainder moves by +-1,
+    # and t by -+1 on axis j, or (wrapping past d or 0) by +-1 on the other axes
+    s_j = torch.tensor(vstrides[1:-1] + [0], device=device)[:, None]  # a unit of t_j, in code units
+    s_other = sum(vstrides[1:-1]) - s_j
+    remainder = (uniq % d1)[None]
+    up = torch.where(remainder < d, 1 - s_j, s_other - d)
+    down = torch.where(remainder > 0, s_j - 1, d - s_other)
+    target = (uniq + torch.stack([up, down], 1)).flatten()  # (d+1, 2, M)
+    idx = torch.searchsorted(uniq, target).clamp_(max=m - 1)
+    idx = torch.where(uniq.index_select(0, idx) == target, idx, torch.full_like(idx, m))
+    return order, first, counts, simplex, simplex_sorted, vinv, m, idx
+
+
+def _by_rows(t0, rank, img) -> tuple:
+    """The same as ``_by_codes`` for lattices whose codes would overflow int64: rows of integers
+    are made unique whole (slower, any dimension and extent)."""
+    d, bn = t0.shape
+    d1 = d + 1
+    device = t0.device
+    parts = [t0.long(), rank[:d].long()] if img is None else [img[None], t0.long(), rank[:d].long()]
+    _, simplex = torch.unique(torch.cat(parts).T, dim=0, return_inverse=True)
+    order = torch.argsort(simplex, stable=True)
+    simplex_sorted = simplex.index_select(0, order)
+    new = torch.ones(bn, dtype=torch.bool, device=device)
+    torch.ne(simplex_sorted[1:], simplex_sorted[:-1], out=new[1:])
+    first, counts, simplex, simplex_sorted = _runs(new, order)
+    u = first.numel()
+
+    rep = order.index_select(0, first)
+    t_u, rank_u = t0.long().index_select(1, rep).T, rank.index_select(1, rep).T.long()  # (U, d), (U, d+1)
+    r = torch.arange(d1, device=device)
+    t_v = t_u[:, None, :] - (rank_u[:, None, :d] >= (d1 - r)[None, :, None]).long()  # (U, d+1, d)
+    rows = [t_v, r[None, :, None].expand(u, d1, 1)]
+    if img is not None:
+        rows.insert(0, img.index_select(0, rep)[:, None, None].expand(u, d1, 1))
+    keys, vinv = torch.unique(torch.cat(rows, 2).reshape(u * d1, -1), dim=0, return_inverse=True)
+    m = keys.shape[0]
+
+    lead = keys[:, :-1 - d]  # the image column, if any
+    t, rem = keys[:, -1 - d:-1], keys[:, -1:]
+    cands = []
+    for j in range(d1):
+        axis = torch.zeros(d, dtype=torch.long, device=device)
+        if j < d:
+            axis[j] = 1
+        up = torch.where(rem < d, torch.cat([t - axis, rem + 1], 1), torch.cat([t + 1 - axis, rem - d], 1))
+        down = torch.where(rem > 0, torch.cat([t + axis, rem - 1], 1), torch.cat([t - 1 + axis, rem + d], 1))
+        cands += [torch.cat([lead, up], 1), torch.cat([lead, down], 1)]
+    _, inv = torch.unique(torch.cat([keys] + cands), dim=0, return_inverse=True)
+    point_of = torch.full((int(inv.max()) + 1,), m, dtype=torch.int64, device=device)
+    point_of[inv[:m]] = torch.arange(m, device=device)
+    idx = point_of.index_select(0, inv[m:])  # (d+1, 2, M) flattened; m where there is no neighbour
+    return order, first, counts, simplex, simplex_sorted, vinv, m, idx
 
 
 class PermutohedralLattice:
@@ -158,68 +270,24 @@ class PermutohedralLattice:
         torch.sub(a[0], a[d], out=bary[0]).add_(1.0)
         self.bary = bary.T.contiguous()  # (BN, d+1)
 
-        # 3. lattice-point codes. A lattice point's coordinates are all congruent to its remainder r
-        #    mod (d+1) and sum to zero, so (image, t_0..t_{d-1} = (key_k - r) / (d+1), r) in mixed radix
-        #    identifies it, with room for t - 1 (the simplex's other vertices) and t +- 1 (blur
-        #    neighbours). A simplex's code is its remainder-0 point's t-code followed by the ranks of
-        #    the first d coordinates. Codes are exact in float64 below 2^53 (int64 products do not
-        #    vectorise on x86, float64 ones do); larger lattices take the int64 path.
-        lo, hi = torch.aminmax(rem0[:d], dim=1)
-        lo = torch.div(lo, d1).round_() - 2
-        vstrides = _strides([b] + ((torch.div(hi, d1).round_() - lo).long() + 3).tolist() + [d1], "lattice points")
-        permutations = d1 ** d
-        _strides([vstrides[0] // d1 * b, permutations], "simplices")
-        exact = vstrides[0] // d1 * b * permutations < _EXACT_IN_FLOAT64
-        place = torch.tensor([s // d1 for s in vstrides[1:-1]], device=device)  # t-code place values
-        place = place.to(torch.float64) if exact else place
-        if exact:
-            t_code = (place @ rem0[:d].to(torch.float64)).div_(d1).sub_(float(place @ lo.to(torch.float64)))
-            t_code = t_code.to(torch.int64)
-        else:
-            t_code = ((rem0[:d] / d1 - lo[:, None]).round().long() * place[:, None]).sum(0)
+        # 3-5. distinct simplices, their vertices (the lattice points) and each point's blur
+        #    neighbours. A lattice point's coordinates are all congruent to its remainder r mod (d+1)
+        #    and sum to zero, so it is identified by (image, t_0..t_{d-1} = (key_k - r) / (d+1), r);
+        #    a simplex by its remainder-0 point's t and the ranks of the first d coordinates.
         img = torch.arange(b, device=device).repeat_interleave(n) if b > 1 else None
-        if img is not None:
-            t_code += img * (vstrides[0] // d1)
-        rank_code = rank[0].to(torch.int32)
-        for k in range(1, d):
-            rank_code *= d1
-            rank_code += rank[k]
-        code = t_code.mul_(permutations).add_(rank_code)
-        sorted_codes, order = torch.sort(code)
-        new = torch.ones(bn, dtype=torch.bool, device=device)
-        torch.ne(sorted_codes[1:], sorted_codes[:-1], out=new[1:])
-        first = torch.nonzero(new).flatten()  # where each simplex's run starts in `order`
+        t0 = torch.div(rem0[:d], d1).round_()  # (d, BN), float holding integers
+        lo, hi = torch.aminmax(t0, dim=1)
+        lo -= 2  # room for t - 1 (the simplex's other vertices) and t +- 1 (blur neighbours)
+        t_spans = ((hi - lo).long() + 3).tolist()
+        if _fits_int64([b] + t_spans + [d1]) and _fits_int64([b] + t_spans + [d1] * d):
+            topology = _by_codes(t0, lo, t_spans, rank, img, b)
+        else:  # very wide or high-dimensional lattices: compare whole rows instead of packed codes
+            topology = _by_rows(t0, rank, img)
+        order, first, counts, simplex, simplex_sorted, vinv, m, idx = topology
         u = first.numel()
-        counts = torch.diff(first, append=first.new_tensor([bn]))
-        simplex_sorted = torch.cumsum(new, 0).sub_(1)
-        simplex = torch.empty(bn, dtype=torch.int64, device=device).scatter_(0, order, simplex_sorted)
-
-        # 4. vertices of the distinct simplices. Vertex r has key rem0 + r - (d+1) [rank > d - r]:
-        #    remainder r, and t lowered by one on the r coordinates ranked highest (a cumulative sum
-        #    of their place values over the coordinates in rank order).
-        t_u = torch.div(sorted_codes.index_select(0, first), permutations, rounding_mode="floor")
-        rank_u = rank.index_select(1, order.index_select(0, first)).T.long()  # (U, d+1)
-        by_rank = torch.zeros(u, d1, dtype=place.dtype, device=device)
-        by_rank.scatter_(1, rank_u, torch.cat([place, place.new_zeros(1)]).expand(u, d1))
-        lowered = torch.zeros(u, d1, dtype=place.dtype, device=device)
-        torch.cumsum(by_rank.flip(1)[:, :d], 1, out=lowered[:, 1:])
-        vcode = (t_u[:, None] - lowered.to(torch.int64)).mul_(d1).add_(torch.arange(d1, device=device))
-        uniq, vinv = torch.unique(vcode.flatten(), return_inverse=True)
-        m = uniq.numel()
         self.num_lattice_points = m
         vinv = vinv.to(torch.int32 if m < 2 ** 31 - 1 else torch.int64)
         self.vertex = vinv.view(u, d1).index_select(0, simplex)  # (BN, d+1)
-
-        # 5. blur neighbours along each of the d+1 axes, key +- (1, ..., 1, -d, 1, ..., 1): the
-        #    remainder moves by +-1, and t by -+1 on axis j, or (wrapping past d or 0) by +-1 elsewhere
-        s_j = torch.tensor(vstrides[1:-1] + [0], device=device)[:, None]  # a unit of t_j, in code units
-        s_other = sum(vstrides[1:-1]) - s_j
-        remainder = (uniq % d1)[None]
-        up = torch.where(remainder < d, 1 - s_j, s_other - d)
-        down = torch.where(remainder > 0, s_j - 1, d - s_other)
-        target = (uniq + torch.stack([up, down], 1)).flatten()  # (d+1, 2, M)
-        idx = torch.searchsorted(uniq, target).clamp_(max=m - 1)
-        idx = torch.where(uniq.index_select(0, idx) == target, idx, torch.full_like(idx, m))
         idx = torch.cat([idx.view(d1, 2, m), idx.new_full((d1, 2, 1), m)], 2)
         self.neighbours = [(idx[j, 0], idx[j, 1]) for j in range(d1)]
 
