@@ -52,6 +52,9 @@ def test_checkpoint_is_atomic_and_safe(tmp_path):
         save_checkpoint(path, {"state_dict": Boom()})
     assert load_checkpoint(path)["state_dict"]["w"].sum() == 2  # old file intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]  # no temporary left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # as open() would make it, not mkstemp's 0600
     path.write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="c.pt: not a readable checkpoint"):
         load_checkpoint(path)

@@ -51,6 +51,13 @@ def load_label(path: str | Path) -> np.ndarray:
     return arr
 
 
+def _new_file_mode() -> int:
+    """The permissions ``open()`` gives a new file under the current umask (``mkstemp`` gives 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_path(path: str | Path):
     """Context manager giving a temporary sibling path that replaces ``path`` only on success."""
     return _AtomicPath(Path(path))
@@ -80,6 +87,8 @@ class _AtomicPath:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
+            if self.tmp.is_file():
+                os.chmod(self.tmp, _new_file_mode())  # readable like any other output, not private
             os.replace(self.tmp, self.path)
         else:
             self.tmp.unlink(missing_ok=True)
