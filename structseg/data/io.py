@@ -51,11 +51,11 @@ def load_label(path: str | Path) -> np.ndarray:
     return arr
 
 
-def _new_file_mode() -> int:
-    """The permissions ``open()`` gives a new file under the current umask (``mkstemp`` gives 0600)."""
+def default_mode(directory: bool = False) -> int:
+    """The permissions a new file (or folder) gets under the current umask; ``tempfile`` makes them private."""
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return (0o777 if directory else 0o666) & ~mask
 
 
 def atomic_path(path: str | Path):
@@ -88,7 +88,7 @@ class _AtomicPath:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             if self.tmp.is_file():
-                os.chmod(self.tmp, _new_file_mode())  # readable like any other output, not private
+                os.chmod(self.tmp, default_mode())  # readable like any other output, not private
             os.replace(self.tmp, self.path)
         else:
             self.tmp.unlink(missing_ok=True)

@@ -7,6 +7,7 @@ A one-pixel ring around each object is labelled ``ignore`` (255).
 """
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
+from .io import default_mode
 from .layout import ClassInfo, write_layout
 
 CLASSES = ClassInfo(
@@ -94,6 +96,7 @@ def write_synthetic(out: str | Path, n: int = 64, seed: int = 0, size: tuple[int
         write_layout(tmp, CLASSES, {"train.txt": pairs[:-n_val], "val.txt": pairs[-n_val:]})
         if out.exists():
             out.rmdir()
+        os.chmod(tmp, default_mode(directory=True))  # mkdtemp's folder is private
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
