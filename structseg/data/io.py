@@ -51,11 +51,18 @@ def load_label(path: str | Path) -> np.ndarray:
     return arr
 
 
-def default_mode(directory: bool = False) -> int:
-    """The permissions a new file (or folder) gets under the current umask; ``tempfile`` makes them private."""
-    mask = os.umask(0)
+def _process_umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it; done once, at import, before any threads
     os.umask(mask)
-    return (0o777 if directory else 0o666) & ~mask
+    return mask
+
+
+_UMASK = _process_umask()
+
+
+def default_mode(directory: bool = False) -> int:
+    """The permissions a new file (or folder) gets under the umask; ``tempfile`` makes them private."""
+    return (0o777 if directory else 0o666) & ~_UMASK
 
 
 def atomic_path(path: str | Path):

@@ -30,12 +30,16 @@ def save_crf_params(params: CRFParams, path: str | Path) -> None:
         tmp.write_text(yaml.safe_dump(dataclasses.asdict(params), sort_keys=False))
 
 
+def image_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``uint8 (H, W, 3)`` -> ``float (1, 3, H, W)`` in 0-255 on ``device``, as the CRF takes it."""
+    return torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float()
+
+
 def crf_refiner(params: CRFParams):
     """A ``refine(logits (1,C,H,W), image uint8 (H,W,3)) -> probabilities`` for evaluation/prediction."""
     crf = DenseCRF(params)
 
     def refine(logits: torch.Tensor, image: np.ndarray) -> torch.Tensor:
-        img = torch.from_numpy(np.ascontiguousarray(image)).to(logits.device).permute(2, 0, 1)[None].float()
-        return crf(img, logits=logits.float())
+        return crf(image_tensor(image, logits.device), logits=logits.float())
 
     return refine

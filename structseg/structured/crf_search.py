@@ -22,7 +22,7 @@ from ..engine.report import load_for_dataset
 from ..engine.runtime import amp_dtype, pick_device
 from ..errors import ConfigError
 from .dense_crf import LATTICE_SETTINGS, CRFParams, mean_field, message_operator
-from .crf_postprocess import save_crf_params
+from .crf_postprocess import image_tensor, save_crf_params
 
 DEFAULT_GRID = {"appearance_weight": [3.0, 5.0, 10.0], "appearance_xy": [30.0, 50.0, 80.0],
                 "appearance_rgb": [3.0, 5.0, 13.0]}
@@ -80,7 +80,7 @@ def search_crf(checkpoint: str | Path, root: str | Path, split: str, grid: dict[
     bar = tqdm(total=len(combos) * len(cached), desc="crf grid", unit="img", disable=not progress)
     for logits, image, label in cached:
         unary = -torch.log_softmax(logits.float().to(device), 1)
-        img = torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float()
+        img = image_tensor(image, device)
         for members in groups.values():
             op = message_operator(img, combos[members[0]])
             for k in members:

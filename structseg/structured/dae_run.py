@@ -364,12 +364,14 @@ def validate_dae(dae_path: str | Path, root: str | Path, split: str, out: str | 
     run_key = {"dae": str(dae_path), "data": str(root), "split": split, "max_iterations": max_iterations,
                "segmenter": None if segmenter is None else str(segmenter)}
     table: dict[float, list[float]] = {}
-    if progress_file.exists():
-        saved = json.loads(progress_file.read_text())
+    try:
+        saved = json.loads(progress_file.read_text()) if progress_file.exists() else {}
         if saved.get("run") == run_key:
             table = {float(k): v for k, v in saved["table"].items() if float(k) in steps}
-            if table and progress:
-                print(f"resuming: steps {', '.join(map(str, table))} already scored ({progress_file})", flush=True)
+    except (ValueError, KeyError, AttributeError, TypeError):  # damaged by hand: score every step again
+        table = {}
+    if table and progress:
+        print(f"resuming: steps {', '.join(map(str, table))} already scored ({progress_file})", flush=True)
     for step in steps:
         if step in table:
             continue

@@ -306,14 +306,14 @@ class PermutohedralLattice:
             0, vinv.long(), counts.repeat_interleave(d1))
         self.splat_offsets = torch.zeros(m + 1, dtype=torch.int64, device=device)
         torch.cumsum(per_point, 0, out=self.splat_offsets[1:])
-        self._slice = self._splat = self._blur = None
+        self._slice = self._splat = self._blur = self._splat_points = None
 
     def splat_matrix(self, weights: torch.Tensor | None = None) -> SparseRows:
         """``(M, BN)``: the entry weights ``(BN, d+1)`` (default ``bary``) ordered by lattice point."""
         bn, d1 = self.batch * self.num_points, self.dim + 1
         values = (self.bary if weights is None else weights).reshape(-1)
         ordered = torch.empty_like(values).scatter_(0, self.splat_dest, values)
-        if not hasattr(self, "_splat_points"):
+        if self._splat_points is None:
             points = torch.arange(bn, dtype=torch.int32, device=self.bary.device).repeat_interleave(d1)
             self._splat_points = torch.empty_like(points).scatter_(0, self.splat_dest, points)
         return SparseRows(self.splat_offsets, self._splat_points, ordered, bn)
