@@ -115,6 +115,7 @@ def breakdown(image_t, probs_t, p: CRFParams, repeats: int) -> dict:
     """Milliseconds per stage of our CRF (no grad): where the end-to-end time goes."""
     from structseg.structured.dense_crf import (GaussianKernel, MessageOperator, _Block, appearance_features,
                                                 position_block, position_features)
+    from structseg.structured.lattice import PermutohedralLattice
     _, c, h, w = probs_t.shape
     u = unary_from_probabilities(probs_t)
     uu = u.permute(0, 2, 3, 1).reshape(h * w, c).contiguous()
@@ -124,6 +125,8 @@ def breakdown(image_t, probs_t, p: CRFParams, repeats: int) -> dict:
     q = torch.softmax(-uu, 1)
     stages = {
         "unary from probabilities": lambda: unary_from_probabilities(probs_t),
+        "appearance lattice alone": lambda: PermutohedralLattice(
+            appearance_features(image_t, p.appearance_xy, p.appearance_rgb)),
         "appearance lattice + normaliser": lambda: GaussianKernel(
             appearance_features(image_t, p.appearance_xy, p.appearance_rgb)),
         "position lattice, uncached": lambda: _Block(GaussianKernel(
@@ -132,6 +135,8 @@ def breakdown(image_t, probs_t, p: CRFParams, repeats: int) -> dict:
             GaussianKernel(appearance_features(image_t, p.appearance_xy, p.appearance_rgb))), 1),
         "one iteration: message": lambda: op(q, (p.smoothness_weight, p.appearance_weight)),
         "one iteration: softmax(message - unary)": lambda: torch.softmax(uu - q, 1),
+        "label map: argmax(1)": lambda: probs_t.argmax(1),
+        "label map: max(1).indices (class_map)": lambda: class_map(probs_t),
     }
     ms = {}
     with torch.no_grad():
