@@ -285,5 +285,7 @@ def test_a_prebuilt_operator_serves_other_weights_and_iterations():
     for weight, iterations in ((2.0, 3), (8.0, 1)):
         p = CRFParams(iterations=iterations, appearance_weight=weight, appearance_xy=5.0, appearance_rgb=20.0)
         torch.testing.assert_close(mean_field(unary, image, p, operator=op), mean_field(unary, image, p))
+    other = message_operator(image, CRFParams(appearance_xy=5.0, appearance_rgb=200.0))  # the operator is used
+    assert not torch.allclose(mean_field(unary, image, widths, operator=other), mean_field(unary, image, widths))
     with pytest.raises(ValueError, match="operator built for 1 image"):
         mean_field(unary[:, :, :5], image[:, :, :5], widths, operator=op)
