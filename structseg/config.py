@@ -23,21 +23,23 @@ class ModelConfig:
 
     name: str = "unet"
     args: dict[str, Any] = field(default_factory=dict)
-    backbone_weights: str | None = None
+    backbone_weights: str | None = None  # a weights file for the backbone (e.g. torchvision's .pth)
+    pretrained: bool = False  # the backbone's ImageNet weights from an installed package
     crf: dict[str, Any] | None = None  # CRF-as-RNN on top: iterations, *_weight, *_xy, appearance_rgb
 
 
 @dataclass
 class DataConfig:
-    """A dataset in the unified layout; ``mean``/``std`` normalise images in [0, 1]."""
+    """A dataset in the unified layout; ``mean``/``std`` normalise images in [0, 1] (null: what the
+    backbone's ImageNet weights expect, torchvision's ImageNet statistics otherwise)."""
 
     root: str = ""
     train_split: str = "train.txt"
     val_split: str | None = "val.txt"
     cache: bool = True
     workers: int = 1
-    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    mean: list[float] | None = None
+    std: list[float] | None = None
 
 
 @dataclass
@@ -55,7 +57,7 @@ class AugmentConfig:
 
 @dataclass
 class OptimizerConfig:
-    """``name``: sgd, adamw or rmsprop."""
+    """``name``: sgd, adamw or rmsprop; ``backbone_lr_scale`` multiplies ``lr`` for the backbone's parameters."""
 
     name: str = "sgd"
     lr: float = 0.01
@@ -63,6 +65,7 @@ class OptimizerConfig:
     weight_decay: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     alpha: float = 0.9
+    backbone_lr_scale: float = 1.0
 
 
 @dataclass

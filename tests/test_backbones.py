@@ -86,10 +86,14 @@ def test_output_stride_by_dilation(output_stride):
     with torch.no_grad():
         r = ResNetBackbone("resnet18", output_stride=output_stride).eval()(x)
         m = MobileNetV2Backbone(output_stride=output_stride).eval()(x)
-    assert r["layer4"].shape[-2:] == (64 // output_stride, 96 // output_stride)
-    assert r["layer1"].shape[-2:] == (16, 24)
-    assert m["out"].shape[-2:] == (64 // output_stride, 96 // output_stride)
-    assert m["low"].shape[-2:] == (16, 24)
+    for enc, feats in ((ResNetBackbone("resnet18", output_stride=output_stride), r),
+                       (MobileNetV2Backbone(output_stride=output_stride), m)):
+        assert [tuple(f.shape[-2:]) for f in feats] == [(64 // s, 96 // s) for s in enc.strides]
+        assert [f.shape[1] for f in feats] == enc.channels
+    assert r[-1].shape[-2:] == (64 // output_stride, 96 // output_stride)
+    assert r[1].shape[-2:] == (16, 24)
+    assert m[-1].shape[-2:] == (64 // output_stride, 96 // output_stride)
+    assert m[1].shape[-2:] == (16, 24)
 
 
 def test_torchvision_resnet_and_vgg16_bn_files_load(tmp_path):
@@ -106,7 +110,7 @@ def test_torchvision_resnet_and_vgg16_bn_files_load(tmp_path):
     assert torch.equal(model.backbone.layer3[1].conv2.weight, state["layer3.1.conv2.weight"])
     assert torch.equal(model.backbone.bn1.running_var, state["bn1.running_var"])
     # the wrong backbone's file is refused with the file named
-    with pytest.raises(CheckpointError, match="resnet18.pth: not a torchvision resnet50 state dict"):
+    with pytest.raises(CheckpointError, match="resnet18.pth: not torchvision resnet50 weights; missing keys"):
         load_backbone_weights(create_model("pspnet", 5, backbone="resnet50"), tmp_path / "resnet18.pth")
     # vgg16_bn for SegNet's encoder
     vgg = {f"features.{k}": torch.randn_like(v.float()) if v.is_floating_point() else v

@@ -38,9 +38,8 @@ def test_logits_at_input_resolution_for_odd_sizes(name, size):
 @pytest.mark.parametrize("name", list_models())
 def test_backward_reaches_every_parameter(name):
     model = create_model(name, 3, **SMALL.get(name, {}))
-    out = model(torch.randn(2, 3, 40, 40))
-    outs = out if isinstance(out, tuple) else (out,)
-    sum((o * torch.randn_like(o)).sum() for o in outs).backward()
+    logits, aux = model(torch.randn(2, 3, 40, 40), return_aux=True)
+    sum((o * torch.randn_like(o)).sum() for o in [logits, *aux]).backward()
     if name in ZERO_INIT_HEADS:
         assert model.score_fr.weight.grad.abs().sum() > 0
     else:
@@ -57,7 +56,7 @@ def test_padding_does_not_leak_across_images():
 
 
 def test_vgg16_parameter_names_match_torchvision():
-    own = {k: tuple(v.shape) for k, v in VGG16Backbone().state_dict().items()}
+    own = {k: tuple(v.shape) for k, v in VGG16Backbone(fc=True).state_dict().items()}
     expected = {k: v for k, v in VGG16_SHAPES.items() if not k.startswith("classifier.6")}
     assert set(own) == set(expected)
     for k, shape in expected.items():
@@ -133,19 +132,22 @@ def test_torchvision_vgg16_state_dict_loads(tmp_path):
     torch.testing.assert_close(conv.flatten(1), lin, atol=1e-4, rtol=1e-4)
     del state["features.0.weight"]
     torch.save(state, tmp_path / "broken.pth")
-    with pytest.raises(CheckpointError, match="broken.pth: not a torchvision VGG-16 state dict; missing"):
+    with pytest.raises(CheckpointError, match="broken.pth: not torchvision vgg16 weights; missing keys"):
         load_backbone_weights(create_model("fcn8s", 5), tmp_path / "broken.pth")
     with pytest.raises(ConfigError, match="has no pretrained backbone"):
         load_backbone_weights(create_model("unet", 5), tmp_path / "vgg16.pth")
 
 
-@pytest.mark.parametrize("name", ["pspnet", "deeplabv3"])
-def test_auxiliary_head_only_in_training(name):
+@pytest.mark.parametrize("name", ["pspnet", "deeplabv3", "fpn"])
+def test_auxiliary_logits_come_only_when_asked(name):
     model = create_model(name, 4, backbone="resnet18", aux_head=True)
-    out = model.train()(torch.randn(2, 3, 33, 47))
-    assert isinstance(out, tuple) and [o.shape for o in out] == [(2, 4, 33, 47)] * 2
+    x = torch.randn(2, 3, 33, 47)
+    logits, aux = model.train()(x, return_aux=True)
+    assert logits.shape == (2, 4, 33, 47) and [a.shape for a in aux] == [(2, 4, 33, 47)]
+    assert model(x).shape == (2, 4, 33, 47)  # plain forward: the logits tensor, in training mode too
     with torch.no_grad():
-        assert model.eval()(torch.randn(1, 3, 33, 47)).shape == (1, 4, 33, 47)
+        assert model.eval()(x[:1]).shape == (1, 4, 33, 47)
+    assert create_model(name, 4, backbone="resnet18", aux_head=False)(x, return_aux=True)[1] == []
 
 
 def test_unknown_backbone():

@@ -57,11 +57,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def build_model(spec: dict, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.nn.Module:
+def build_model(spec: dict, mean: tuple[float, ...], std: tuple[float, ...],
+                pretrained: bool | str = False) -> torch.nn.Module:
     """The network a model spec describes: ``create_model(name, num_classes, **args)``, wrapped in
     :class:`CRFasRNN` when ``spec["crf"]`` holds CRF settings (``mean``/``std`` undo the input
-    normalisation for the CRF's colour features)."""
-    model = create_model(spec["name"], spec["num_classes"], **spec["args"])
+    normalisation for the CRF's colour features). ImageNet weights are loaded only with ``pretrained``
+    (a new training run), never when a checkpoint's own weights follow."""
+    args = {k: v for k, v in spec["args"].items() if k != "pretrained"}
+    if pretrained:
+        args["pretrained"] = pretrained
+    model = create_model(spec["name"], spec["num_classes"], **args)
     if spec.get("crf") is not None:
         from ..structured.crfasrnn import CRFasRNN
         from ..structured.crf_postprocess import load_crf_params

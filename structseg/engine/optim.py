@@ -8,14 +8,20 @@ import torch
 from ..config import OptimizerConfig, ScheduleConfig
 
 
-def build_optimizer(params, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """SGD (momentum), AdamW or RMSprop; weight decay is not applied to norms and biases."""
-    decay, no_decay = [], []
-    for p in params:
+def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """SGD (momentum), AdamW or RMSprop; weight decay is not applied to norms and biases.
+
+    Parameters under a ``backbone`` module get ``lr * backbone_lr_scale`` (a pretrained encoder is usually
+    fine-tuned more gently than a new head); each group's ``lr_scale`` is kept for the schedule.
+    """
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+            in_backbone = "backbone." in f".{name}" or name.startswith("backbone.")
+            groups.setdefault((in_backbone, p.ndim <= 1), []).append(p)
+    groups = [{"params": ps, "weight_decay": 0.0 if no_decay else cfg.weight_decay,
+               "lr_scale": cfg.backbone_lr_scale if in_backbone else 1.0}
+              for (in_backbone, no_decay), ps in sorted(groups.items())]
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     if cfg.name == "adamw":

@@ -25,7 +25,7 @@ from ..data.io import atomic_path, remove_stale_temporaries
 from ..data.layout import read_classes
 from ..data.transforms import EvalTransform, TrainTransform
 from ..errors import CheckpointError, ConfigError, StructsegError
-from ..models import load_backbone_weights
+from ..models import encoder_normalization, load_backbone_weights
 from .checkpoint import build_model, load_checkpoint, save_checkpoint
 from .distributed import all_reduce_mean, barrier, init_distributed, is_main, rank, world_size
 from .evaluate import evaluate
@@ -56,6 +56,17 @@ def build_datasets(cfg: Config, progress: bool = True) -> tuple[SegmentationData
     if val_ds is not None:
         val_ds.preload(progress)
     return train_ds, val_ds
+
+
+def resolve_normalization(cfg: Config) -> None:
+    """Fill ``data.mean``/``data.std`` left null with what the backbone's ImageNet weights expect."""
+    backbone = cfg.model.args.get("backbone")
+    mean, std = encoder_normalization(backbone) if isinstance(backbone, str) else encoder_normalization("")
+    cfg.data.mean = list(mean) if cfg.data.mean is None else cfg.data.mean
+    cfg.data.std = list(std) if cfg.data.std is None else cfg.data.std
+    for key, v in (("data.mean", cfg.data.mean), ("data.std", cfg.data.std)):
+        if len(v) != 3 or (key == "data.std" and min(v) <= 0):
+            raise ConfigError(f"config key '{key}': expected 3 values (positive for std), got {v}")
 
 
 def resolve_class_weights(cfg: Config, train_ds: SegmentationDataset) -> torch.Tensor | None:
@@ -136,8 +147,13 @@ def train(cfg: Config, out_dir: str | Path, progress: bool = True, stop_after_ep
     classes = read_classes(cfg.data.root)
     c = classes.num_classes
     torch.manual_seed(cfg.train.seed)
-    model_spec = {"name": cfg.model.name, "args": dict(cfg.model.args), "num_classes": c, "crf": cfg.model.crf}
-    model = build_model(model_spec, tuple(cfg.data.mean), tuple(cfg.data.std))  # fails fast on a bad config
+    resolve_normalization(cfg)
+    args = dict(cfg.model.args)
+    pretrained = args.pop("pretrained", False) or cfg.model.pretrained  # in args as create_model takes it, or not
+    model_spec = {"name": cfg.model.name, "args": args, "num_classes": c, "crf": cfg.model.crf}
+    # fails fast on a bad config; the ImageNet weights are loaded only for a new run
+    model = build_model(model_spec, tuple(cfg.data.mean), tuple(cfg.data.std),
+                        pretrained=pretrained and not (out_dir / "last.pt").exists())
     train_ds, val_ds = build_datasets(cfg, progress)
 
     ckpt_last = out_dir / "last.pt"
@@ -168,7 +184,7 @@ def train(cfg: Config, out_dir: str | Path, progress: bool = True, stop_after_ep
         print("class weights:", ", ".join(f"{n}={w:.3f}" for n, w in zip(classes.names, weights.tolist())))
     weights = weights.to(device) if weights is not None else None
 
-    optimizer = build_optimizer(model.parameters(), cfg.optimizer)
+    optimizer = build_optimizer(model, cfg.optimizer)
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16 and device.type == "cuda"))
     bs = cfg.train.batch_size
     steps_per_epoch = len(epoch_batches(len(train_ds), bs, cfg.train.seed, 0))
@@ -209,17 +225,16 @@ def train(cfg: Config, out_dir: str | Path, progress: bool = True, stop_after_ep
         for images, labels in loader:
             f = lr_factor(cfg.schedule, step, steps_per_epoch, total_steps, cfg.optimizer.lr)
             for g in optimizer.param_groups:
-                g["lr"] = cfg.optimizer.lr * f
+                g["lr"] = cfg.optimizer.lr * f * g["lr_scale"]
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             if cfg.train.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast(device, dtype):
-                out = net(images)
-            logits, aux = out if isinstance(out, tuple) else (out, None)
+                logits, aux = net(images, return_aux=True)
             # (a CRF-as-RNN model returns log-marginals; cross-entropy's log-softmax leaves them unchanged)
             loss = F.cross_entropy(logits.float(), labels, weight=weights, ignore_index=classes.ignore_index)
-            if aux is not None:
-                loss = loss + cfg.train.aux_weight * F.cross_entropy(aux.float(), labels, weight=weights,
+            for a in aux:
+                loss = loss + cfg.train.aux_weight * F.cross_entropy(a.float(), labels, weight=weights,
                                                                      ignore_index=classes.ignore_index)
             if not torch.isfinite(loss):
                 raise StructsegError(f"training diverged at epoch {epoch + 1}, step {step}: loss is {loss.item()}; "

@@ -10,7 +10,8 @@ import torch.nn as nn
 
 from ..errors import ConfigError
 from .base import SegmentationModel
-from .backbone_models import DeepLabV3, DeepLabV3Plus, PSPNet, RefineNet
+from .backbone_models import FPN, DeepLabV3, DeepLabV3Plus, PSPNet, RefineNet, UNetDecoder
+from .backbones import create_encoder, encoder_normalization, list_encoders
 from .enet import ENet
 from .fcdensenet import FCDenseNet
 from .fcn import FCN
@@ -18,21 +19,36 @@ from .segnet import SegNet
 from .unet import UNet
 
 
-def fcn32s(num_classes: int, in_channels: int = 3, dropout: float = 0.5) -> FCN:
-    return FCN(num_classes, in_channels, skips=0, dropout=dropout)
+def fcn32s(num_classes: int, in_channels: int = 3, backbone: str = "vgg16", pretrained: bool | str = False,
+           dropout: float = 0.5) -> FCN:
+    return FCN(num_classes, in_channels, skips=0, dropout=dropout, backbone=backbone, pretrained=pretrained)
 
 
-def fcn16s(num_classes: int, in_channels: int = 3, dropout: float = 0.5) -> FCN:
-    return FCN(num_classes, in_channels, skips=1, dropout=dropout)
+def fcn16s(num_classes: int, in_channels: int = 3, backbone: str = "vgg16", pretrained: bool | str = False,
+           dropout: float = 0.5) -> FCN:
+    return FCN(num_classes, in_channels, skips=1, dropout=dropout, backbone=backbone, pretrained=pretrained)
 
 
-def fcn8s(num_classes: int, in_channels: int = 3, dropout: float = 0.5) -> FCN:
-    return FCN(num_classes, in_channels, skips=2, dropout=dropout)
+def fcn8s(num_classes: int, in_channels: int = 3, backbone: str = "vgg16", pretrained: bool | str = False,
+          dropout: float = 0.5) -> FCN:
+    return FCN(num_classes, in_channels, skips=2, dropout=dropout, backbone=backbone, pretrained=pretrained)
 
 
-def unet(num_classes: int, in_channels: int = 3, base_channels: int = 32, depth: int = 4,
-         bilinear: bool = True, dropout: float = 0.0) -> UNet:
-    return UNet(num_classes, in_channels, base_channels, depth, bilinear, dropout)
+def unet(num_classes: int, in_channels: int = 3, backbone: str | None = None, pretrained: bool | str = False,
+         output_stride: int = 32, decoder_channels: list[int] = (256, 128, 64, 32), base_channels: int = 32,
+         depth: int = 4, bilinear: bool = True, dropout: float = 0.0) -> SegmentationModel:
+    """U-Net: from scratch (``backbone=None``: ``base_channels``, ``depth``, ``bilinear``, ``dropout``), or a
+    U-Net decoder (``decoder_channels``) on any backbone."""
+    if backbone is None:
+        if pretrained:
+            raise ConfigError("unet: pretrained needs a backbone (e.g. backbone='efficientnet_lite0')")
+        return UNet(num_classes, in_channels, base_channels, depth, bilinear, dropout)
+    return UNetDecoder(num_classes, in_channels, backbone, output_stride, False, list(decoder_channels), pretrained)
+
+
+def fpn(num_classes: int, in_channels: int = 3, backbone: str = "efficientnet_lite0", pretrained: bool | str = False,
+        output_stride: int = 32, aux_head: bool = False, decoder_channels: int = 128, dropout: float = 0.1) -> FPN:
+    return FPN(num_classes, in_channels, backbone, output_stride, aux_head, decoder_channels, dropout, pretrained)
 
 
 def segnet(num_classes: int, in_channels: int = 3) -> SegNet:
@@ -55,24 +71,24 @@ def fcdensenet103(num_classes: int, in_channels: int = 3, dropout: float = 0.2) 
     return FCDenseNet(num_classes, in_channels, (4, 5, 7, 10, 12), 15, growth_rate=16, dropout=dropout)
 
 
-def deeplabv3(num_classes: int, in_channels: int = 3, backbone: str = "resnet50", output_stride: int = 8,
-              aux_head: bool = False) -> DeepLabV3:
-    return DeepLabV3(num_classes, in_channels, backbone, output_stride, aux_head)
+def deeplabv3(num_classes: int, in_channels: int = 3, backbone: str = "resnet50", pretrained: bool | str = False,
+              output_stride: int = 8, aux_head: bool = False) -> DeepLabV3:
+    return DeepLabV3(num_classes, in_channels, backbone, output_stride, aux_head, pretrained)
 
 
-def deeplabv3plus(num_classes: int, in_channels: int = 3, backbone: str = "resnet50", output_stride: int = 16,
-                  aux_head: bool = False) -> DeepLabV3Plus:
-    return DeepLabV3Plus(num_classes, in_channels, backbone, output_stride, aux_head)
+def deeplabv3plus(num_classes: int, in_channels: int = 3, backbone: str = "resnet50", pretrained: bool | str = False,
+                  output_stride: int = 16, aux_head: bool = False) -> DeepLabV3Plus:
+    return DeepLabV3Plus(num_classes, in_channels, backbone, output_stride, aux_head, pretrained)
 
 
-def pspnet(num_classes: int, in_channels: int = 3, backbone: str = "resnet50", output_stride: int = 8,
-           aux_head: bool = True) -> PSPNet:
-    return PSPNet(num_classes, in_channels, backbone, output_stride, aux_head)
+def pspnet(num_classes: int, in_channels: int = 3, backbone: str = "resnet50", pretrained: bool | str = False,
+           output_stride: int = 8, aux_head: bool = True) -> PSPNet:
+    return PSPNet(num_classes, in_channels, backbone, output_stride, aux_head, pretrained)
 
 
-def refinenet(num_classes: int, in_channels: int = 3, backbone: str = "resnet50", output_stride: int = 32,
-              aux_head: bool = False, features: int = 256) -> RefineNet:
-    return RefineNet(num_classes, in_channels, backbone, output_stride, aux_head, features)
+def refinenet(num_classes: int, in_channels: int = 3, backbone: str = "resnet50", pretrained: bool | str = False,
+              output_stride: int = 32, aux_head: bool = False, features: int = 256) -> RefineNet:
+    return RefineNet(num_classes, in_channels, backbone, output_stride, aux_head, features, pretrained)
 
 
 MODELS: dict[str, Callable[..., SegmentationModel]] = {
@@ -80,6 +96,7 @@ MODELS: dict[str, Callable[..., SegmentationModel]] = {
     "deeplabv3plus": deeplabv3plus,
     "pspnet": pspnet,
     "refinenet": refinenet,
+    "fpn": fpn,
     "fcn32s": fcn32s,
     "fcn16s": fcn16s,
     "fcn8s": fcn8s,
@@ -129,4 +146,4 @@ def load_backbone_weights(model: nn.Module, path: str | Path) -> list[str]:
 
 
 __all__ = ["create_model", "list_models", "model_arguments", "load_backbone_weights", "SegmentationModel",
-           "MODELS"]
+           "MODELS", "create_encoder", "list_encoders", "encoder_normalization"]

@@ -1,7 +1,10 @@
 """The contract every model follows: logits at input resolution, for any input size.
 
 Subclasses implement ``forward_padded`` on inputs whose sides are multiples of ``stride``;
-``forward`` pads the input (reflect) up to that multiple and crops the logits back.
+``forward`` pads the input (reflect) up to that multiple and crops the logits back. Auxiliary
+outputs (deep supervision) come the same way for every model: ``model(x, return_aux=True)`` returns
+``(logits, [aux_logits, ...])`` at input resolution (an empty list for models without them), through
+``forward_padded_aux``; plain ``model(x)`` always returns the logits tensor alone.
 """
 from __future__ import annotations
 
@@ -11,24 +14,40 @@ import torch.nn.functional as F
 
 
 class SegmentationModel(nn.Module):
-    """Base class: ``forward(x (N,C,H,W)) -> logits (N,num_classes,H,W)``."""
+    """Base class: ``forward(x (N,C,H,W)) -> logits (N,num_classes,H,W)``.
+
+    ``feature_info`` lists the model's encoder feature maps (stride, channels, module name relative to
+    the model), as the backbone contract does; empty for models that do not describe theirs.
+    """
 
     stride: int = 32
+    feature_info: list = []
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_padded_aux(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits and auxiliary logits (at any resolution); models with auxiliary heads override it."""
+        return self.forward_padded(x), []
+
+    def forward(self, x: torch.Tensor, return_aux: bool = False):
         h, w = x.shape[-2:]
         s = self.stride
         ph, pw = (-h) % s, (-w) % s
         if ph or pw:
             mode = "reflect" if ph < h and pw < w else "replicate"
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        out = self.forward_padded(x)
-        if out.shape[-2:] != x.shape[-2:]:
-            out = F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return out[..., :h, :w]
+        size = x.shape[-2:]
+
+        def full(t: torch.Tensor) -> torch.Tensor:
+            if t.shape[-2:] != size:
+                t = F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+            return t[..., :h, :w]
+
+        if not return_aux:
+            return full(self.forward_padded(x))
+        out, aux = self.forward_padded_aux(x)
+        return full(out), [full(a) for a in aux]
 
 
 def conv_bn_relu(cin: int, cout: int, kernel: int = 3, bn: bool = True) -> nn.Sequential:

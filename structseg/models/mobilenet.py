@@ -1,7 +1,7 @@
 """MobileNetV2 (Sandler et al., 2018) whose parameter names match torchvision's ``mobilenet_v2``.
 
-``MobileNetV2Backbone`` returns features at strides 4, 8, 16 and 32 (``low``, ``s8``, ``s16``,
-``out``); with ``output_stride`` 16 or 8 the later strides become dilations.
+``MobileNetV2Backbone`` is an :class:`Encoder` with features at strides 2, 4, 8, 16 and 32
+(``features.1, .3, .6, .13, .18``); with ``output_stride`` 16 or 8 the later strides become dilations.
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 
 from .base import init_weights
+from .encoder import Encoder, FeatureInfo
 
 
 def conv_bn_relu6(cin: int, cout: int, kernel: int = 3, stride: int = 1, groups: int = 1,
@@ -38,7 +39,7 @@ class InvertedResidual(nn.Module):
 SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
 
 
-class MobileNetV2Backbone(nn.Module):
+class MobileNetV2Backbone(Encoder):
     def __init__(self, in_channels: int = 3, output_stride: int = 32):
         super().__init__()
         if output_stride not in (8, 16, 32):
@@ -58,15 +59,16 @@ class MobileNetV2Backbone(nn.Module):
                 cin = c
         layers.append(conv_bn_relu6(cin, 1280, 1))
         self.features = nn.Sequential(*layers)
-        self.channels = {"low": 24, "s8": 32, "s16": 96, "out": 1280}
+        self.output_stride = output_stride
+        self.feature_info = [FeatureInfo(min(s, output_stride), c, f"features.{i}")
+                             for i, s, c in ((1, 2, 16), (3, 4, 24), (6, 8, 32), (13, 16, 96), (18, 32, 1280))]
+        self._taps = {1, 3, 6, 13, 18}
         init_weights(self)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = {}
-        names = {3: "low", 6: "s8", 13: "s16"}
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = []
         for i, layer in enumerate(self.features):
             x = layer(x)
-            if i in names:
-                out[names[i]] = x
-        out["out"] = x
+            if i in self._taps:
+                out.append(x)
         return out

@@ -1,7 +1,8 @@
 """ResNet-18/34/50/101 whose parameter names match torchvision's, with dilation for output stride 8/16.
 
-``ResNetBackbone`` returns the four stage outputs (``layer1``..``layer4``); with
-``output_stride=16`` the last stage, with 8 the last two, trade their stride for dilation
+``ResNetBackbone`` is an :class:`Encoder`: the stem (stride 2) and the four stage outputs
+(``layer1``..``layer4``, strides 4-32); with ``output_stride=16`` the last stage, with 8 the last two,
+trade their stride for dilation
 (torchvision's ``replace_stride_with_dilation``), so ImageNet weights still load.
 Unlike torchvision, basic blocks (ResNet-18/34) accept dilation too.
 """
@@ -11,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from .base import init_weights
+from .encoder import Encoder, FeatureInfo
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
@@ -70,8 +72,8 @@ RESNETS = {
 }
 
 
-class ResNetBackbone(nn.Module):
-    """Stem + four stages; ``forward`` returns ``{"layer1": stride 4, ..., "layer4": stride 32/16/8}``."""
+class ResNetBackbone(Encoder):
+    """Stem + four stages; ``forward`` returns ``[stem (stride 2), layer1 (4), ..., layer4 (32/16/8)]``."""
 
     def __init__(self, depth: str = "resnet50", in_channels: int = 3, output_stride: int = 32):
         super().__init__()
@@ -90,8 +92,10 @@ class ResNetBackbone(nn.Module):
         self.layer2 = self._make_layer(block, 128, layers[1], 2, dilate[0])
         self.layer3 = self._make_layer(block, 256, layers[2], 2, dilate[1])
         self.layer4 = self._make_layer(block, 512, layers[3], 2, dilate[2])
-        self.channels = [64 * block.expansion, 128 * block.expansion, 256 * block.expansion, 512 * block.expansion]
         self.output_stride = output_stride
+        e, strides = block.expansion, [4, 8] + {32: [16, 32], 16: [16, 16], 8: [8, 8]}[output_stride]
+        self.feature_info = [FeatureInfo(2, 64, "relu")] + [
+            FeatureInfo(s, c * e, f"layer{i}") for i, (s, c) in enumerate(zip(strides, (64, 128, 256, 512)), 1)]
         init_weights(self)
 
     def _make_layer(self, block, planes: int, blocks: int, stride: int = 1, dilate: bool = False) -> nn.Sequential:
@@ -108,10 +112,11 @@ class ResNetBackbone(nn.Module):
         layers += [block(self.inplanes, planes, dilation=self.dilation) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        out = {}
-        for name in ("layer1", "layer2", "layer3", "layer4"):
-            x = getattr(self, name)(x)
-            out[name] = x
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.relu(self.bn1(self.conv1(x)))
+        out = [x]
+        x = self.maxpool(x)
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = layer(x)
+            out.append(x)
         return out

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from .base import SegmentationModel, conv_bn_relu, init_weights
 from .vgg import make_vgg_features
-from .weights import load_torchvision_weights
+from .weights import load_state_dict_file
 
 # decoder convolutions per stage, deepest first (output channels); the final one is the classifier
 DECODER = [[512, 512, 512], [512, 512, 256], [256, 256, 128], [128, 64], [64]]
@@ -41,7 +41,9 @@ class SegNet(SegmentationModel):
 
     def load_backbone(self, path) -> list[str]:
         """Load torchvision ``vgg16_bn`` ImageNet weights into the encoder."""
-        return load_torchvision_weights(self.features, path, "VGG-16-BN", key_map=lambda k: f"features.{k}")
+        holder = nn.Module()  # torchvision's keys are features.N
+        holder.features = self.features
+        return load_state_dict_file(holder, path, "torchvision vgg16_bn", allowed_unused=lambda k: k.startswith("classifier."))
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
         pools = []

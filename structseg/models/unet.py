@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import SegmentationModel, conv_bn_relu, init_weights
+from .encoder import FeatureInfo
 
 
 def double_conv(cin: int, cout: int) -> nn.Sequential:
@@ -34,6 +35,7 @@ class UNet(SegmentationModel):
         self.decoder = nn.ModuleList([double_conv(widths[i + 1] + widths[i], widths[i])
                                       for i in reversed(range(depth))])
         self.head = nn.Conv2d(widths[0], num_classes, 1)
+        self.feature_info = [FeatureInfo(2 ** i, c, f"encoder.{i}") for i, c in enumerate(widths)]
         init_weights(self)
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Loading ImageNet weights from a user's torchvision state-dict file into our backbones."""
+"""Loading ImageNet weights from a state-dict file into a backbone, strictly, with one clear error."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,31 +10,36 @@ from ..data.io import load_torch_file
 from ..errors import CheckpointError
 
 
-def load_torchvision_weights(module: nn.Module, path: str | Path, what: str,
-                             key_map: Callable[[str], str] | None = None, reshape: bool = False) -> list[str]:
-    """Load every parameter and buffer of ``module`` from the state dict in ``path``.
+def _listed(keys: list[str]) -> str:
+    return f"{keys[:4]}{' ...' if len(keys) > 4 else ''}"
 
-    ``key_map`` turns the module's key into the file's (default: the same); with ``reshape``, a tensor
-    of the same number of elements is reshaped (e.g. fc6 ``Linear`` -> 7x7 conv). Returns the file's keys
-    that were not used. Any missing key or shape mismatch is one :class:`CheckpointError` naming the file.
+
+def load_state_dict_file(module: nn.Module, path: str | Path, what: str, reshape: bool = False,
+                         allowed_unused: Callable[[str], bool] | None = None) -> list[str]:
+    """Load every parameter and buffer of ``module`` from the state dict in ``path``; returns the unused keys.
+
+    Every key of the module must be in the file with its shape (with ``reshape``, a tensor of the same
+    number of elements is reshaped, e.g. fc6 ``Linear`` -> 7x7 conv). A file key the module lacks is an
+    error unless ``allowed_unused(key)`` (e.g. the ImageNet classifier). Errors name the file and the first
+    missing and unexpected keys, so weights of another architecture never load half-way.
     """
-    state = load_torch_file(path, "backbone weights file")
+    state = load_torch_file(path, "weights file")
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    if not isinstance(state, dict):
+    if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):
         raise CheckpointError(f"{path}: expected a state dict (parameter name -> tensor)")
     own = module.state_dict()
-    source = {k: key_map(k) if key_map else k for k in own}
-    missing = [source[k] for k in own if source[k] not in state]
-    if missing:
-        raise CheckpointError(f"{path}: not a torchvision {what} state dict; missing {missing[:4]}"
-                              f"{' ...' if len(missing) > 4 else ''}")
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own and not (allowed_unused and allowed_unused(k))]
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: not {what} weights; missing keys {_listed(missing)}, "
+                              f"unexpected keys {_listed(unexpected)}")
     new = {}
     for k, v in own.items():
-        w = state[source[k]]
+        w = state[k]
         if w.shape != v.shape and not (reshape and w.numel() == v.numel()):
-            raise CheckpointError(f"{path}: {source[k]} has shape {tuple(w.shape)}; expected {tuple(v.shape)} "
+            raise CheckpointError(f"{path}: {k} has shape {tuple(w.shape)}; expected {tuple(v.shape)} "
                                   "(the first convolution must match in_channels)")
         new[k] = w.reshape(v.shape).to(v.dtype)
     module.load_state_dict(new)
-    return sorted(set(state) - set(source.values()))
+    return sorted(set(state) - set(own))

@@ -32,16 +32,15 @@ class CRFasRNN(nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, x: torch.Tensor):
-        out = self.net(x)
-        logits, aux = out if isinstance(out, tuple) else (out, None)  # an auxiliary head passes through
+    def forward(self, x: torch.Tensor, return_aux: bool = False):
+        logits, aux = self.net(x, return_aux=True)  # auxiliary heads pass through
         with torch.autocast(x.device.type, enabled=False):
             image = ((x.float() * self.std + self.mean) * 255.0).clamp(0, 255)
             unary = -F.log_softmax(logits.float(), dim=1)
             q = mean_field(unary, image, self.params, self.compatibility,
                            (self.smoothness_weight, self.appearance_weight))
             log_q = torch.log(q.clamp(min=1e-8))
-        return log_q if aux is None else (log_q, aux)
+        return (log_q, aux) if return_aux else log_q
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(self.params).items())

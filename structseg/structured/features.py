@@ -2,9 +2,10 @@
 
 ``concat_h`` names features by stride: ``poolK`` is the network's stride-2^K map (``pool4`` = stride 16),
 ``input`` the normalised image. Any model from ``create_model`` works without knowing its layer names:
-a probe forward pass records every module's output, and for each requested stride the module with the
-most channels at that resolution is tapped (an activation or pooling output first, then the earliest), e.g. VGG's ``pool4``, the
-bottleneck of a U-Net. ``layers={"pool4": "encoder.3"}`` names a module explicitly instead.
+a model that describes its encoder (``feature_info``: every backbone model, the U-Net) is tapped at its
+deepest feature map of that stride; for the others a probe forward pass records every module's output,
+and the module with the most channels at that resolution is tapped (an activation or pooling output
+first, then the earliest). ``layers={"pool4": "encoder.3"}`` names a module explicitly instead.
 """
 from __future__ import annotations
 
@@ -30,6 +31,12 @@ def find_taps(model: nn.Module, names: list[str], layers: dict[str, str] | None 
         if module_name not in modules:
             raise ConfigError(f"segmenter_layers.{name}: no module {module_name!r} in the segmenter")
     wanted = [n for n in names if n != "input" and n not in layers]
+    described = getattr(model, "feature_info", None) or []
+    for n in list(wanted):
+        at = [f.module for f in described if f.stride == 2 ** int(n[4:])]
+        if at:
+            layers[n] = at[-1]
+            wanted.remove(n)
     if not wanted:
         return {n: layers[n] for n in names if n != "input"}
     seen: list[tuple[str, int, int, bool]] = []  # (module, height, channels, after a nonlinearity) in order
