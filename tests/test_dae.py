@@ -240,3 +240,23 @@ def test_shipped_camvid_dae_loads_by_name_with_its_chosen_pair():
     y = torch.softmax(torch.randn(1, 11, 64, 96), 1)
     _, h = seg(torch.zeros(1, 3, 64, 96))
     assert dae(y, h).shape == (1, 11, 64, 96)
+
+
+def test_feature_taps_read_feature_info_of_described_models():
+    import torch
+
+    from structseg.models import create_model
+    from structseg.structured.features import SegmenterWithFeatures
+    model = create_model("fpn", 5, backbone="efficientnet_lite0")
+    seg = SegmenterWithFeatures(model, ["pool3", "pool4", "pool5"])
+    # the deepest encoder map at each stride, by the name feature_info gives (no probing)
+    # Lite0 block groups of 1, 2, 2, 3, 3, 4, 1 blocks end at 0, 2, 4, 7, 10, 14, 15
+    assert seg.taps == {"pool3": "backbone._blocks.4", "pool4": "backbone._blocks.10", "pool5": "backbone._blocks.15"}
+    assert seg.channels == {"pool3": 40, "pool4": 112, "pool5": 320}
+    x = torch.randn(1, 3, 64, 96)
+    _, h = seg(x)
+    with torch.no_grad():
+        feats = model.backbone(x)
+    torch.testing.assert_close(h["pool4"], feats[3])
+    unet = SegmenterWithFeatures(create_model("unet", 3, base_channels=4, depth=3), ["pool3"])
+    assert unet.taps == {"pool3": "encoder.3"} and unet.channels == {"pool3": 32}
