@@ -39,7 +39,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         overrides.append(f"model.backbone_weights={a.backbone_weights}")
     cfg = load_config(a.config, overrides)
     out = Path(a.out) if a.out else Path("runs") / Path(a.config).stem
-    summary = train(cfg, out, progress=not a.quiet)
+    summary = train(cfg, out, progress=not a.quiet, allow_changes=a.allow_changes)
     if int(os.environ.get("RANK", 0)) != 0:
         return
     if summary["best_checkpoint"]:
@@ -65,8 +65,11 @@ def cmd_eval(a: argparse.Namespace) -> None:
 
 def cmd_predict(a: argparse.Namespace) -> None:
     from .engine.predict import predict_paths
-    n = predict_paths(a.checkpoint, a.inputs, a.out, progress=not a.quiet, crf=_crf_params(a), amp=a.amp)
-    print(f"wrote {n} label maps and overlays to {a.out}")
+    r = predict_paths(a.checkpoint, a.inputs, a.out, progress=not a.quiet, crf=_crf_params(a), amp=a.amp,
+                      skip_bad=a.skip_bad)
+    skipped = f"; skipped {len(r['skipped'])} unreadable file(s)" if r["skipped"] else ""
+    print(f"wrote {r['written']} label maps to {Path(a.out) / 'labels'} and overlays to "
+          f"{Path(a.out) / 'overlays'}{skipped}")
 
 
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
@@ -138,13 +141,31 @@ def cmd_dae(a: argparse.Namespace) -> None:
         dae_run.compare_dae(a.dae, a.data, a.split, step, iterations, crf, a.out, a.segmenter, not a.quiet)
 
 
+def check_export_destination(src: Path, dst: str | Path) -> None:
+    """An export never replaces its source, nor a resumable checkpoint (a run's last.pt)."""
+    from .data.io import load_torch_file, prepare_output_file, same_file
+    if same_file(src, dst):
+        raise StructsegError(f"{dst}: the export would replace its source checkpoint; give another file name")
+    prepare_output_file(dst, "export file")
+    if Path(dst).is_file():
+        try:
+            old = load_torch_file(dst)
+        except StructsegError:
+            return  # not a checkpoint: replaced like any other file
+        if isinstance(old, dict) and old.get("train_state") is not None:
+            raise StructsegError(f"{dst}: a resumable training checkpoint is there (it holds the optimiser state); "
+                                 "export to another file name")
+
+
 def cmd_export(a: argparse.Namespace) -> None:
     from .data.io import load_torch_file
     from .engine.checkpoint import export_checkpoint, resolve_checkpoint
     from .errors import ConfigError
     from .structured.dae_run import FORMAT as DAE_FORMAT
     from .structured.dae_run import export_dae, read_chosen, shipped_daes
-    ck = load_torch_file(shipped_daes().get(a.checkpoint) or resolve_checkpoint(a.checkpoint))
+    src = shipped_daes().get(a.checkpoint) or resolve_checkpoint(a.checkpoint)
+    check_export_destination(src, a.out)
+    ck = load_torch_file(src)
     if isinstance(ck, dict) and ck.get("format") == DAE_FORMAT:
         payload = export_dae(a.checkpoint, a.out, half=not a.fp32, chosen=read_chosen(a.chosen) if a.chosen else None)
         what = f"DAE on segmenter {payload['segmenter']}" + (f", chosen {payload['chosen']}" if a.chosen else "")
@@ -228,8 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     k = dsub.add_parser("pack", help="pack a split's decoded images and labels into memory-mapped shards")
     k.add_argument("root")
     k.add_argument("--split", required=True, help="split file, relative to ROOT")
-    k.add_argument("--out", help="new folder (default ROOT/packed/SPLIT_NAME)")
-    k.add_argument("--shard-mb", type=int, default=256, help="shard size in MiB (default 256)")
+    k.add_argument("--out", required=True, help="new folder for the packed split (outside a shared dataset)")
+    k.add_argument("--shard-mb", type=float, default=256, help="shard size in MiB (default 256)")
     k.add_argument("--quiet", action="store_true")
     k.set_defaults(func=cmd_data_pack)
 
@@ -259,6 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run folder (default runs/CONFIG_NAME)")
     t.add_argument("--backbone-weights", metavar="FILE",
                    help="ImageNet weights for the backbone (a torchvision state dict, e.g. vgg16-397923af.pth)")
+    t.add_argument("--allow-changes", action="store_true",
+                   help="resume a run with settings other than it was trained with (the old config.yaml is kept)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 
@@ -275,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="segment images: label PNG + colour overlay per image")
     pr.add_argument("checkpoint")
     pr.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
-    pr.add_argument("--out", required=True)
+    pr.add_argument("--out", required=True, help="new or existing folder (not an input folder): labels/, overlays/")
+    pr.add_argument("--skip-bad", action="store_true", help="report and skip unreadable images instead of stopping")
     pr.add_argument("--quiet", action="store_true")
     _add_inference_options(pr)
     pr.set_defaults(func=cmd_predict)

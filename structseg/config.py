@@ -6,11 +6,13 @@ its field's type, and ``--set section.key=value`` overrides use YAML syntax for 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import yaml
 
@@ -118,6 +120,84 @@ CHOICES = {
 }
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1's safe loader, except that floats may be written in any notation (``1e-3``, ``2E5``):
+    PyYAML alone reads a float without a dot as a string."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                  |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML text with :class:`_Loader` (safe; floats in any notation)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _pair(lo: float, hi: float, positive: bool = False):
+    return lambda v: (isinstance(v, list) and len(v) == 2 and all(_finite(x) for x in v)
+                      and (not positive or min(v) > 0) and lo <= min(v) and max(v) < hi)
+
+
+# every value range, checked when a config is read: key -> (test, what is allowed)
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "data.workers": (lambda v: v >= 0, "an integer >= 0"),
+    "data.mean": (lambda v: v is None or (len(v) == 3 and all(_finite(x) for x in v)), "null or 3 finite numbers"),
+    "data.std": (lambda v: v is None or (len(v) == 3 and all(_finite(x) and x > 0 for x in v)),
+                 "null or 3 positive numbers"),
+    "augment.scale": (lambda v: _pair(0, math.inf, True)(v) and v[0] <= v[1], "[min, max] with 0 < min <= max"),
+    "augment.crop_size": (lambda v: v is None or (len(v) == 2 and all(x > 0 for x in v)),
+                          "null or [height, width], two positive integers"),
+    "augment.brightness": (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "augment.contrast": (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "augment.saturation": (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "augment.hue": (lambda v: _finite(v) and 0 <= v <= 0.5, "a number in [0, 0.5]"),
+    "optimizer.lr": (lambda v: _finite(v) and v > 0, "a positive finite number"),
+    "optimizer.momentum": (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "optimizer.weight_decay": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    "optimizer.betas": (_pair(0, 1), "two numbers in [0, 1)"),
+    "optimizer.alpha": (lambda v: _finite(v) and 0 < v < 1, "a number in (0, 1)"),
+    "optimizer.backbone_lr_scale": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    "schedule.power": (lambda v: _finite(v) and v > 0, "a positive finite number"),
+    "schedule.gamma": (lambda v: _finite(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "schedule.min_lr": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    "schedule.warmup_epochs": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    "train.epochs": (lambda v: v >= 1, "an integer >= 1"),
+    "train.batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "train.class_weights": (lambda v: not isinstance(v, list) or all(_finite(x) and x >= 0 for x in v),
+                            "null, 'median_frequency', 'enet' or a list of finite numbers >= 0"),
+    "train.aux_weight": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    "train.val_every": (lambda v: v >= 1, "an integer >= 1"),
+    "train.patience": (lambda v: v >= 0, "an integer >= 0 (0: no early stopping)"),
+    "train.seed": (lambda v: 0 <= v < 2 ** 63, "an integer >= 0"),
+    "train.threads": (lambda v: v >= 0, "an integer >= 0 (0: all cores)"),
+}
+
+
+def check_ranges(obj: Any, ranges: dict[str, tuple[Callable[[Any], bool], str]], prefix: str = "") -> None:
+    """Raise one :class:`ConfigError` for the first value outside its range (naming key, value, range)."""
+    for key, (test, allowed) in ranges.items():
+        node = obj
+        for part in key.split("."):
+            node = getattr(node, part)
+        try:
+            ok = test(node)
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ConfigError(f"config key '{prefix}{key}': {node!r} is out of range; expected {allowed}")
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -190,7 +270,7 @@ def apply_override(data: dict, assignment: str) -> None:
         raise ConfigError(f"override {assignment!r}: expected KEY=VALUE, e.g. train.epochs=10")
     key, raw = assignment.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else None
+        value = yaml_load(raw) if raw != "" else None
     except yaml.YAMLError:
         value = raw
     parts = key.strip().split(".")
@@ -205,15 +285,17 @@ def apply_override(data: dict, assignment: str) -> None:
 def dataclass_from_dict(cls: type, data: dict | None, overrides: list[str] | tuple[str, ...] = (),
                         section: str = "") -> Any:
     """Build dataclass ``cls`` from a raw dict plus ``key=value`` overrides, checking keys and types."""
-    data = yaml.safe_load(yaml.safe_dump(data or {}))  # deep copy
+    data = yaml_load(yaml.safe_dump(data or {}))  # deep copy
     for o in overrides:
         apply_override(data, o)
     return _from_dict(cls, data, section)
 
 
 def config_from_dict(data: dict, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Build a :class:`Config` from a raw dict plus ``key=value`` overrides."""
-    return dataclass_from_dict(Config, data, overrides)
+    """Build a :class:`Config` from a raw dict plus ``key=value`` overrides; every value range-checked."""
+    cfg = dataclass_from_dict(Config, data, overrides)
+    check_ranges(cfg, RANGES)
+    return cfg
 
 
 def read_yaml(path: str | Path, what: str = "file") -> dict:
@@ -222,7 +304,7 @@ def read_yaml(path: str | Path, what: str = "file") -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: {what} not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from None
     if not isinstance(data, dict):

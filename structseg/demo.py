@@ -76,5 +76,5 @@ def run_demo(out: Path, minutes: float = 2.0, n_images: int = 240) -> dict:
     print(f"  confusion matrix  {out / 'eval' / 'confusion.png'}")
     print(f"  per-class IoU     {out / 'eval' / 'per_class_iou.png'}")
     print(f"  panels            {out / 'eval' / 'panels'}/ (image | truth | prediction)")
-    print(f"  overlays          {out / 'predictions'}/")
+    print(f"  overlays          {out / 'predictions' / 'overlays'}/")
     return record

@@ -50,11 +50,11 @@ def test_train_eval_predict_end_to_end(trained, synth_root, capsys):
     pred = tmp / "pred"
     img = synth_root / "images" / "0023.png"
     assert main(["predict", str(ckpt), str(img), "--out", str(pred), "--quiet"]) == 0
-    label = np.array(Image.open(pred / "0023.png"))
+    label = np.array(Image.open(pred / "labels" / "0023.png"))
     assert label.shape == (48, 64) and label.max() < 5
-    assert Image.open(pred / "0023_overlay.png").size == (64, 48)
+    assert Image.open(pred / "overlays" / "0023.png").size == (64, 48)
     assert main(["predict", str(ckpt), str(synth_root / "images"), "--out", str(tmp / "pred_dir"), "--quiet"]) == 0
-    assert len(list((tmp / "pred_dir").glob("*_overlay.png"))) == 24
+    assert len(list((tmp / "pred_dir" / "overlays").glob("*.png"))) == 24
 
 
 def run_error(argv, capsys):
@@ -149,10 +149,10 @@ def test_crf_flags_errors(trained, synth_root, tmp_path, capsys):
                                          "--crf-set", "iteration=3"], capsys)
     assert "--crf-set needs --crf" in run_error(["predict", str(ckpt), img, "--out", str(tmp_path / "p"),
                                                   "--crf-set", "iterations=3"], capsys)
-    assert "must be positive" in run_error(["predict", str(ckpt), img, "--out", str(tmp_path / "p"), "--crf",
+    assert "must be a positive finite number" in run_error(["predict", str(ckpt), img, "--out", str(tmp_path / "p"), "--crf",
                                             "--crf-set", "appearance_xy=0"], capsys)
     assert "missing.yaml: CRF parameter file not found" in run_error(
         ["eval", str(ckpt), "--data", str(synth_root), "--split", "val.txt", "--crf", str(tmp_path / "missing.yaml")],
         capsys)
     assert main(["predict", str(ckpt), img, "--out", str(tmp_path / "p"), "--crf", "--quiet"]) == 0
-    assert (tmp_path / "p" / "0000.png").exists()
+    assert (tmp_path / "p" / "labels" / "0000.png").exists()

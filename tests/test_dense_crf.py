@@ -145,12 +145,23 @@ def test_crf_cleans_a_noisy_labelling():
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"iterations": 0}, "iterations must be a positive integer"),
-    ({"appearance_rgb": 0.0}, "appearance_rgb .* must be positive"),
-    ({"smoothness_xy": -1.0}, "smoothness_xy .* must be positive"),
+    ({"appearance_rgb": 0.0}, "appearance_rgb .* must be a positive finite number"),
+    ({"smoothness_xy": -1.0}, "smoothness_xy .* must be a positive finite number"),
+    ({"appearance_xy": float("inf")}, "appearance_xy .* must be a positive finite number, got inf"),
+    ({"appearance_weight": float("nan")}, "appearance_weight must be a non-negative finite number, got nan"),
+    ({"compatibility": [[1.0, 2.0], [3.0]]}, "compatibility must be a list of C numbers or a C x C matrix"),
+    ({"compatibility": [1.0, float("nan")]}, "compatibility must be finite"),
 ])
 def test_bad_parameters(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DenseCRF(**kwargs)
+
+
+def test_compatibility_shape_is_checked_against_the_class_count_before_any_inference():
+    from structseg.structured.dense_crf import CRFParams
+    CRFParams(compatibility=[1.0, 2.0, 3.0]).validate(3)
+    with pytest.raises(ValueError, match=r"compatibility of shape \(2, 2\): the model has 3 classes"):
+        CRFParams(compatibility=[[0.0, 1.0], [1.0, 0.0]]).validate(3)
 
 
 def test_bad_inputs():

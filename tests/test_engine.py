@@ -13,7 +13,7 @@ from structseg.config import ScheduleConfig, config_from_dict
 from structseg.engine.checkpoint import load_checkpoint, save_checkpoint
 from structseg.engine.optim import lr_factor
 from structseg.engine.trainer import train
-from structseg.errors import CheckpointError
+from structseg.errors import CheckpointError, ConfigError
 
 
 def tiny_config(root, **train):
@@ -125,8 +125,12 @@ def test_kill_9_mid_training_loses_at_most_one_epoch(synth_root, tmp_path):
     lines = len((run / "metrics.jsonl").read_text().splitlines())
     assert lines in (done, done + 1)  # the log may hold the epoch whose checkpoint was being written
     (run / ".last.pt.killed.tmp").write_bytes(b"half a checkpoint")  # as a kill during the write leaves
+    assert (run / ".lock").exists()  # the killed process could not release its lock: a stale one
     cfg = tiny_config(synth_root, epochs=done + 1, val_every=50)
-    summary = train(cfg, run, progress=False)
+    with pytest.raises(ConfigError, match=f"train.epochs: 200 -> {done + 1}"):
+        train(cfg, run, progress=False)  # a changed schedule is refused unless asked for
+    summary = train(cfg, run, progress=False, allow_changes=True)
+    assert (run / f"config.before_epoch_{done}.yaml").is_file() and not (run / ".lock").exists()
     assert len(_records(run)) == done + 1
     assert math.isfinite(summary["best_miou"])
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]  # the resume cleaned them up

@@ -16,13 +16,16 @@ from structseg.errors import DataError
 
 def test_packed_split_reads_the_same_samples_as_the_pngs(synth_root, tmp_path, capsys):
     out = tmp_path / "p"
-    # a 0-MiB shard limit puts every sample in its own shard: offsets and shard switching are exercised
-    assert main(["data", "pack", str(synth_root), "--split", "train.txt", "--out", str(out), "--shard-mb", "0",
+    # a 0.05-MiB shard limit spreads the samples over several shards: offsets and shard switching are exercised
+    assert main(["data", "pack", str(synth_root), "--split", "train.txt", "--out", str(out), "--shard-mb", "0.05",
                  "--quiet"]) == 0
     assert f"data.train_split={out.resolve()}" in capsys.readouterr().out
     loose = SegmentationDataset(synth_root, "train.txt")
     packed = SegmentationDataset(synth_root, str(out))
-    assert len(packed) == len(loose) == len(list(out.glob("shard-*.bin")))
+    image, label = loose.load(0)
+    per_shard = int(0.05 * 2 ** 20) // (image.nbytes + label.nbytes)  # synth images all have one size
+    assert len(packed) == len(loose)
+    assert len(list(out.glob("shard-*.bin"))) == -(-len(loose) // per_shard) >= 2
     for i in range(len(loose)):
         (a, b), (c, d) = loose.load(i), packed.load(i)
         np.testing.assert_array_equal(a, c)
@@ -39,12 +42,22 @@ def test_packed_split_reads_the_same_samples_as_the_pngs(synth_root, tmp_path, c
             assert torch.equal(x0, x1) and torch.equal(y0, y1)
 
 
-def test_pack_relative_default_folder_and_refusals(synth_copy):
-    out = pack_split(synth_copy, "val.txt", progress=False)
-    assert out == synth_copy / "packed" / "val"
-    assert len(SegmentationDataset(synth_copy, "packed/val")) == len(SegmentationDataset(synth_copy, "val.txt"))
+def test_pack_goes_where_told_and_refusals(synth_copy, tmp_path):
+    out = pack_split(synth_copy, "val.txt", tmp_path / "elsewhere" / "val", progress=False)
+    assert out == tmp_path / "elsewhere" / "val" and not (synth_copy / "packed").exists()
+    assert len(SegmentationDataset(synth_copy, str(out))) == len(SegmentationDataset(synth_copy, "val.txt"))
     with pytest.raises(DataError, match="already exists"):
-        pack_split(synth_copy, "val.txt", progress=False)
+        pack_split(synth_copy, "val.txt", out, progress=False)
+    with pytest.raises(DataError, match="--shard-mb must be a positive number"):
+        pack_split(synth_copy, "val.txt", tmp_path / "p0", shard_mb=0, progress=False)
+
+
+def test_pack_removes_the_partial_folder_a_killed_run_left(synth_copy, tmp_path):
+    stale = tmp_path / ".val.partial-999999999"  # no such process
+    stale.mkdir()
+    (stale / "shard-00000.bin").write_bytes(b"half")
+    pack_split(synth_copy, "val.txt", tmp_path / "val", progress=False)
+    assert not stale.exists() and (tmp_path / "val" / "index.json").is_file()
 
 
 def test_failed_pack_leaves_nothing(synth_copy):

@@ -101,6 +101,68 @@ class _AtomicPath:
             self.tmp.unlink(missing_ok=True)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine (for locks and partial outputs of killed runs)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OverflowError:
+        return False
+    return True
+
+
+def check_output_dir(path: str | Path, what: str = "output folder") -> Path:
+    """Prove, before any work is done and without creating anything, that ``path`` can become a folder of
+    outputs: it is not a file, and its nearest existing ancestor takes a new file. One clear error otherwise."""
+    p = Path(path)
+    existing = next((q for q in (p, *p.parents) if q.exists()), Path("."))
+    if not existing.is_dir():
+        raise DataError(f"{p}: the {what} cannot be made there, {existing} is an existing file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", suffix=".tmp", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise DataError(f"{p}: cannot write the {what} there ({e.strerror or e})") from None
+    return p
+
+
+def prepare_output_dir(path: str | Path, what: str = "output folder") -> Path:
+    """:func:`check_output_dir`, then create the folder (and its parents)."""
+    p = check_output_dir(path, what)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{p}: cannot create the {what} ({e.strerror or e})") from None
+    return p
+
+
+def prepare_output_file(path: str | Path, what: str = "output file") -> Path:
+    """Check that ``path`` can be written (its folder exists or can be made, and it is not a folder)."""
+    p = Path(path)
+    if p.is_dir():
+        raise DataError(f"{p}: the {what} is an existing folder; give a file name")
+    prepare_output_dir(p.parent if str(p.parent) else Path("."), f"folder of the {what}")
+    return p
+
+
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name the same file (or would: compared after resolving links and ``..``)."""
+    a, b = Path(a), Path(b)
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+def is_within(path: str | Path, folder: str | Path) -> bool:
+    """Whether ``path`` is ``folder`` or lies inside it (after resolving)."""
+    p, f = Path(path).resolve(), Path(folder).resolve()
+    return p == f or f in p.parents
+
+
 def save_png(array: np.ndarray, path: str | Path, palette: list | tuple | None = None) -> None:
     """Write a uint8 array as PNG atomically; a 2-D array with ``palette`` becomes a palette PNG."""
     im = Image.fromarray(np.ascontiguousarray(array))

@@ -1,16 +1,18 @@
 """Packed splits: a split's decoded images and labels in a few large raw files, read by memory map.
 
-``structseg data pack ROOT --split train.txt`` writes ``ROOT/packed/train/``: shard files
+``structseg data pack ROOT --split train.txt --out DIR`` writes the new folder ``DIR``: shard files
 ``shard-00000.bin`` ... holding each sample's image (``H x W x 3`` uint8) and label (``H x W`` uint8)
 back to back, and ``index.json`` listing, per sample, its shard, byte offset, size and original file
 names. Every pair is decoded and validated once, while packing, so reading a sample is a copy out of
 the page cache: no PNG decoding, no per-process RAM cache (forked workers share the pages), and
 splits larger than RAM stream from disk. A dataset opened on the folder reads it, e.g.
-``data.train_split: packed/train``. The folder is written beside itself and renamed at the end.
+``data.train_split: /data/camvid_packed/train`` (a relative path is relative to ROOT). The folder is
+written beside itself under a hidden name and renamed at the end.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -19,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import DataError
-from .io import load_image, load_label
+from .io import load_image, load_label, prepare_output_dir, process_alive
 from .layout import ClassInfo, read_classes, read_split
 
 FORMAT = "structseg-packed-v1"
@@ -30,17 +32,28 @@ def is_packed(path: str | Path) -> bool:
     return (Path(path) / INDEX).is_file()
 
 
-def pack_split(root: str | Path, split: str, out: str | Path | None = None, shard_mb: int = 256,
+def pack_split(root: str | Path, split: str, out: str | Path, shard_mb: float = 256,
                progress: bool = True) -> Path:
-    """Decode, validate and pack ``ROOT/split`` into ``out`` (default ``ROOT/packed/<split stem>``)."""
+    """Decode, validate and pack ``ROOT/split`` into the new folder ``out`` (never into the dataset unasked).
+
+    The shards are written into a hidden ``.OUT.partial-PID`` folder renamed to ``out`` at the end; the
+    partial folders of killed runs are removed by the next run.
+    """
     from .dataset import validate_pair
 
+    if not (isinstance(shard_mb, (int, float)) and shard_mb > 0 and math.isfinite(shard_mb)):
+        raise DataError(f"--shard-mb must be a positive number (MiB per shard), got {shard_mb!r}")
     root = Path(root)
     classes = read_classes(root)
     pairs = read_split(root, split)
-    out = Path(out) if out is not None else root / "packed" / Path(split).stem
+    out = Path(out)
     if out.exists():
         raise DataError(f"{out}: already exists; remove it or choose another --out")
+    prepare_output_dir(out.parent, "folder of the packed split")
+    for stale in out.parent.glob(f".{out.name}.partial-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if not (pid.isdigit() and process_alive(int(pid))):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a killed run
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     tmp.mkdir(parents=True)
     samples, shard, offset, handle = [], 0, 0, None

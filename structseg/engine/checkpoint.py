@@ -6,6 +6,7 @@ A checkpoint is a dict of plain values and tensors (loadable with ``weights_only
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -85,10 +86,9 @@ def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint",
     if num_classes is not None and num_classes != spec["num_classes"]:
         raise CheckpointError(
             f"{path}: model has {spec['num_classes']} classes but the dataset has {num_classes}")
-    norm = ckpt.get("normalization", {})
+    mean, std = checkpoint_normalization(ckpt, path)
     try:
-        model = build_model(spec, tuple(norm.get("mean", (0.485, 0.456, 0.406))),
-                            tuple(norm.get("std", (0.229, 0.224, 0.225))))
+        model = build_model(spec, mean, std)
     except ConfigError as e:
         raise CheckpointError(f"{path}: {e}") from None
     state = {k.removeprefix("module."): v.float() if v.is_floating_point() else v
@@ -117,6 +117,25 @@ def export_checkpoint(src: str | Path, dst: str | Path, half: bool = True) -> di
     payload["state_dict"] = state
     save_checkpoint(dst, payload)
     return payload
+
+
+def checkpoint_normalization(ckpt: dict, path: str | Path = "checkpoint") -> tuple[tuple[float, ...],
+                                                                                  tuple[float, ...]]:
+    """The (mean, std) a checkpoint's images are normalised with; a checkpoint without them gets its
+    backbone's (torchvision's ImageNet statistics for models without one)."""
+    from ..models import encoder_normalization
+    norm = ckpt.get("normalization")
+    if norm is None:
+        backbone = (ckpt.get("model", {}).get("args") or {}).get("backbone")
+        return encoder_normalization(backbone if isinstance(backbone, str) else "")
+    try:
+        mean, std = tuple(float(v) for v in norm["mean"]), tuple(float(v) for v in norm["std"])
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{path}: 'normalization' must hold 'mean' and 'std', 3 numbers each") from None
+    if len(mean) != 3 or len(std) != 3 or not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
+        raise CheckpointError(f"{path}: 'normalization' must hold 3 finite means and 3 positive stds, "
+                              f"got {norm}")
+    return mean, std
 
 
 def checkpoint_classes(ckpt: dict) -> ClassInfo:

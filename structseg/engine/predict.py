@@ -8,22 +8,25 @@ import torch
 from tqdm import tqdm
 
 from ..structured.dense_crf import CRFParams
-from ..structured.crf_postprocess import crf_refiner
-from ..data.io import IMAGE_EXTENSIONS, atomic_path, load_image, save_png
+from ..structured.crf_postprocess import check_crf_for, crf_refiner
+from ..data.io import (IMAGE_EXTENSIONS, atomic_path, is_within, load_image, prepare_output_dir,
+                       remove_stale_temporaries, save_png)
 from ..data.transforms import normalize
 from ..errors import DataError
-from .checkpoint import checkpoint_classes, load_checkpoint, model_from_checkpoint
+from .checkpoint import checkpoint_classes, checkpoint_normalization, load_checkpoint, model_from_checkpoint
 from .evaluate import predict_logits
 from .metrics import class_map
 from .runtime import amp_dtype, pick_device
 
 
 def collect_images(inputs: list[str | Path]) -> list[Path]:
-    """Expand files and folders (images by extension, sorted) into a list; stems must be unique."""
+    """Expand files and folders (images by extension, sorted; hidden files skipped) into a list; stems
+    must be unique, since each becomes an output name."""
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            found = sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+            found = sorted(p for p in item.iterdir()
+                           if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
             if not found:
                 raise DataError(f"{item}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
             files += found
@@ -39,6 +42,17 @@ def collect_images(inputs: list[str | Path]) -> list[Path]:
     return files
 
 
+def check_output_folder(out: Path, inputs: list[str | Path], files: list[Path]) -> None:
+    """Refuse an output folder that is, or holds, any input: outputs never overwrite what they read."""
+    for item in map(Path, inputs):
+        if item.is_dir() and (is_within(out, item) or is_within(item, out)):
+            raise DataError(f"{out}: the output folder is, or is inside, or contains the input folder {item}; "
+                            "write the predictions somewhere else")
+    for f in files:
+        if is_within(f, out):
+            raise DataError(f"{out}: the output folder holds the input {f}; write the predictions somewhere else")
+
+
 class Predictor:
     """Segments RGB images with a trained checkpoint (normalisation and classes come from it)."""
 
@@ -46,8 +60,9 @@ class Predictor:
                  amp: str = "auto"):
         ckpt = load_checkpoint(checkpoint)
         self.classes = checkpoint_classes(ckpt)
-        self.mean = tuple(ckpt["normalization"]["mean"])
-        self.std = tuple(ckpt["normalization"]["std"])
+        self.mean, self.std = checkpoint_normalization(ckpt, checkpoint)
+        if crf is not None:
+            check_crf_for(crf, self.classes.num_classes)
         self.device = device or pick_device()
         self.dtype = amp_dtype(amp, self.device)
         self.model = model_from_checkpoint(ckpt, checkpoint).to(self.device).eval()
@@ -67,19 +82,39 @@ class Predictor:
 
 
 def predict_paths(checkpoint: str | Path, inputs: list[str | Path], out: str | Path, progress: bool = True,
-                  crf: CRFParams | None = None, amp: str = "auto") -> int:
-    """Write ``OUT/<stem>.png`` (class indices, palette PNG) and ``OUT/<stem>_overlay.png`` per image."""
+                  crf: CRFParams | None = None, amp: str = "auto", skip_bad: bool = False) -> dict:
+    """Write ``OUT/labels/<stem>.png`` (class indices, palette PNG) and ``OUT/overlays/<stem>.png`` per image.
+
+    Each file is written under a temporary name and renamed, so a killed run leaves no partial output
+    (and the next run removes the temporaries it left). With ``skip_bad``, an unreadable image is reported
+    and skipped instead of stopping the run. Returns ``{"written": n, "skipped": [(path, reason), ...]}``.
+    """
     from PIL import Image
 
     from ..viz.overlay import overlay
-    files = collect_images(inputs)
-    predictor = Predictor(checkpoint, crf=crf, amp=amp)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for f in tqdm(files, desc="predict", unit="img", disable=not progress, leave=False):
-        image = load_image(f)
+    files = collect_images(inputs)
+    check_output_folder(out, inputs, files)
+    predictor = Predictor(checkpoint, crf=crf, amp=amp)
+    labels_dir = prepare_output_dir(out / "labels", "output folder")
+    overlays_dir = prepare_output_dir(out / "overlays", "output folder")
+    for d in (labels_dir, overlays_dir):
+        remove_stale_temporaries(d)
+    skipped: list[tuple[Path, str]] = []
+    written = 0
+    bar = tqdm(files, desc="predict", unit="img", disable=not progress, leave=False)
+    for f in bar:
+        try:
+            image = load_image(f)
+        except DataError as e:
+            if not skip_bad:
+                raise DataError(f"{e} (pass --skip-bad to report and skip unreadable files)") from None
+            skipped.append((f, str(e)))
+            tqdm.write(f"skipped: {e}")
+            continue
         label = predictor.predict(image)
-        save_png(label, out / f"{f.stem}.png", palette=predictor.classes.palette)
-        with atomic_path(out / f"{f.stem}_overlay.png") as tmp:
+        save_png(label, labels_dir / f"{f.stem}.png", palette=predictor.classes.palette)
+        with atomic_path(overlays_dir / f"{f.stem}.png") as tmp:
             Image.fromarray(overlay(image, label, predictor.classes.palette)).save(tmp, format="PNG")
-    return len(files)
+        written += 1
+    return {"written": written, "skipped": skipped}

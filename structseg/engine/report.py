@@ -10,13 +10,13 @@ import numpy as np
 import torch
 
 from ..data.dataset import SegmentationDataset
-from ..data.io import atomic_path
+from ..data.io import atomic_path, check_output_dir
 from ..data.layout import ClassInfo
 from ..data.transforms import EvalTransform
 from ..errors import CheckpointError
-from .checkpoint import checkpoint_classes, load_checkpoint, model_from_checkpoint
+from .checkpoint import checkpoint_classes, checkpoint_normalization, load_checkpoint, model_from_checkpoint
 from ..structured.dense_crf import CRFParams
-from ..structured.crf_postprocess import crf_refiner
+from ..structured.crf_postprocess import check_crf_for, crf_refiner
 from .evaluate import Refiner, evaluate, predict_logits
 from .metrics import ConfusionMatrix, class_map
 from .runtime import amp_dtype, pick_device
@@ -68,10 +68,13 @@ def evaluate_checkpoint(checkpoint: str | Path, root: str | Path, split: str, ou
 
     ``crf`` refines every prediction with a dense CRF (post-processing) before scoring.
     """
+    if out is not None:  # before scoring the whole split, not after
+        check_output_dir(out, "eval output folder")
     dataset = SegmentationDataset(root, split, cache=False)
     ckpt, model = load_for_dataset(checkpoint, dataset.classes)
-    norm = ckpt["normalization"]
-    dataset.transform = EvalTransform(tuple(norm["mean"]), tuple(norm["std"]))
+    if crf is not None:
+        check_crf_for(crf, dataset.classes.num_classes)
+    dataset.transform = EvalTransform(*checkpoint_normalization(ckpt, checkpoint))
     device = pick_device()
     dtype = amp_dtype(amp, device)
     model.to(device).eval()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from tqdm import tqdm
 from ..config import Config, save_config
 from ..data.class_weights import enet_weights, median_frequency_weights
 from ..data.dataset import SegmentationDataset
-from ..data.io import atomic_path, remove_stale_temporaries
+from ..data.io import atomic_path, prepare_output_dir, remove_stale_temporaries
 from ..data.layout import read_classes
 from ..data.transforms import EvalTransform, TrainTransform
 from ..errors import CheckpointError, ConfigError, StructsegError
@@ -30,6 +31,7 @@ from .checkpoint import build_model, load_checkpoint, save_checkpoint
 from .distributed import all_reduce_mean, barrier, init_distributed, is_main, rank, world_size
 from .evaluate import evaluate
 from .optim import build_optimizer, lr_factor
+from .run_folder import RunLock, check_resume
 from .runtime import amp_dtype, autocast, pick_device, set_threads
 
 
@@ -53,6 +55,9 @@ def build_datasets(cfg: Config, progress: bool = True) -> tuple[SegmentationData
             raise ConfigError(f"{d.val_split} and {d.train_split} use different classes.json")
     progress = progress and is_main()
     train_ds.preload(progress)
+    if d.cache and all((train_ds.load(i)[1] == train_ds.classes.ignore_index).all() for i in range(len(train_ds))):
+        raise ConfigError(f"{d.root}/{d.train_split}: every label pixel is the ignore index "
+                          f"{train_ds.classes.ignore_index}; there is nothing to train on")
     if val_ds is not None:
         val_ds.preload(progress)
     return train_ds, val_ds
@@ -62,11 +67,8 @@ def resolve_normalization(cfg: Config) -> None:
     """Fill ``data.mean``/``data.std`` left null with what the backbone's ImageNet weights expect."""
     backbone = cfg.model.args.get("backbone")
     mean, std = encoder_normalization(backbone) if isinstance(backbone, str) else encoder_normalization("")
-    cfg.data.mean = list(mean) if cfg.data.mean is None else cfg.data.mean
+    cfg.data.mean = list(mean) if cfg.data.mean is None else cfg.data.mean  # (ranges checked at load)
     cfg.data.std = list(std) if cfg.data.std is None else cfg.data.std
-    for key, v in (("data.mean", cfg.data.mean), ("data.std", cfg.data.std)):
-        if len(v) != 3 or (key == "data.std" and min(v) <= 0):
-            raise ConfigError(f"config key '{key}': expected 3 values (positive for std), got {v}")
 
 
 def resolve_class_weights(cfg: Config, train_ds: SegmentationDataset) -> torch.Tensor | None:
@@ -129,12 +131,29 @@ def _tensorboard(out_dir: Path, enabled: bool):
     return SummaryWriter(str(out_dir / "tb"))
 
 
-def train(cfg: Config, out_dir: str | Path, progress: bool = True, stop_after_epochs: int | None = None) -> dict:
+def train(cfg: Config, out_dir: str | Path, progress: bool = True, stop_after_epochs: int | None = None,
+          allow_changes: bool = False) -> dict:
     """Train (or resume) the run in ``out_dir``; returns a summary with the best val metrics.
 
-    ``stop_after_epochs`` ends this call after that many epochs (the run can be resumed later).
+    ``stop_after_epochs`` ends this call after that many epochs (the run can be resumed later). The folder
+    is locked while this runs; resuming with settings other than the checkpoint's is refused unless
+    ``allow_changes``.
     """
     out_dir = Path(out_dir)
+    if not is_main():
+        return _train(cfg, out_dir, progress, stop_after_epochs, allow_changes)
+    created = not out_dir.exists()
+    prepare_output_dir(out_dir, "run folder")
+    try:
+        with RunLock(out_dir):
+            return _train(cfg, out_dir, progress, stop_after_epochs, allow_changes)
+    except BaseException:
+        if created and not (out_dir / "last.pt").exists():  # failed before its first epoch: leave nothing
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+
+
+def _train(cfg: Config, out_dir: Path, progress: bool, stop_after_epochs: int | None, allow_changes: bool) -> dict:
     distributed = init_distributed()
     set_threads(cfg.train.threads)
     device = pick_device()
@@ -163,11 +182,17 @@ def train(cfg: Config, out_dir: str | Path, progress: bool = True, stop_after_ep
         if state["model"] != model_spec:
             raise CheckpointError(f"{ckpt_last}: run folder holds model {state['model']}, but the config asks for "
                                   f"{model_spec}; use another --out folder")
+        if "train_state" not in state:
+            raise CheckpointError(f"{ckpt_last}: not a resumable checkpoint (no optimiser state; an export?); "
+                                  "use another --out folder")
+        changes = check_resume(state.get("config"), cfg, out_dir, allow_changes)
+        if changes and is_main():
+            shutil.copyfile(out_dir / "config.yaml", out_dir / f"config.before_epoch_{state['train_state']['epoch']}.yaml")
+            print("continuing with changed settings: " + "; ".join(changes))
         model.load_state_dict(state["state_dict"])
     elif cfg.model.backbone_weights:
         load_backbone_weights(getattr(model, "net", model), cfg.model.backbone_weights)
     if is_main():
-        out_dir.mkdir(parents=True, exist_ok=True)
         remove_stale_temporaries(out_dir)  # a checkpoint half-written when the last run was killed
         save_config(cfg, out_dir / "config.yaml")
 
@@ -219,7 +244,7 @@ def train(cfg: Config, out_dir: str | Path, progress: bool = True, stop_after_ep
         loader = torch.utils.data.DataLoader(train_ds, batch_sampler=batches, num_workers=cfg.data.workers,
                                              worker_init_fn=_worker_init if cfg.data.workers else None)
         net.train()
-        loss_sum, seen = 0.0, 0
+        loss_sum, seen, skipped = 0.0, 0, 0
         bar = tqdm(total=len(batches) * bs, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", unit="img",
                    disable=not show, leave=False, dynamic_ncols=True)
         for images, labels in loader:
@@ -227,6 +252,12 @@ def train(cfg: Config, out_dir: str | Path, progress: bool = True, stop_after_ep
             for g in optimizer.param_groups:
                 g["lr"] = cfg.optimizer.lr * f * g["lr_scale"]
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            unlabelled = not (labels != classes.ignore_index).any()  # every pixel of these crops is ignored
+            if unlabelled and not distributed:  # (under DDP every rank must step together: a zero loss instead)
+                skipped += 1
+                step += 1
+                bar.update(images.shape[0])
+                continue
             if cfg.train.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast(device, dtype):
@@ -236,6 +267,9 @@ def train(cfg: Config, out_dir: str | Path, progress: bool = True, stop_after_ep
             for a in aux:
                 loss = loss + cfg.train.aux_weight * F.cross_entropy(a.float(), labels, weight=weights,
                                                                      ignore_index=classes.ignore_index)
+            if unlabelled:
+                skipped += 1
+                loss = logits.float().sum() * 0.0
             if not torch.isfinite(loss):
                 raise StructsegError(f"training diverged at epoch {epoch + 1}, step {step}: loss is {loss.item()}; "
                                      "lower optimizer.lr or add schedule.warmup_epochs")
@@ -252,7 +286,7 @@ def train(cfg: Config, out_dir: str | Path, progress: bool = True, stop_after_ep
         train_time = time.time() - t0
         record = {"epoch": epoch + 1, "step": step, "train_loss": all_reduce_mean(loss_sum / max(seen, 1)),
                   "lr": optimizer.param_groups[0]["lr"], "images_per_s": seen * world_size() / train_time,
-                  "epoch_time_s": train_time, "started": t0}
+                  "epoch_time_s": train_time, "started": t0, "batches_all_ignored": skipped}
         metrics = None
         is_last = epoch + 1 == cfg.train.epochs
         if val_ds is not None and ((epoch + 1) % cfg.train.val_every == 0 or is_last):

@@ -133,9 +133,34 @@ def create_model(name: str, num_classes: int, **kwargs: Any) -> SegmentationMode
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise ConfigError(f"model {name!r} has no argument(s) {unknown}; accepted: {sorted(allowed)}")
-    if not isinstance(num_classes, int) or num_classes < 1:
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
-    return _builder(name)(num_classes, **kwargs)
+    for key, value in kwargs.items():
+        _check_argument(name, key, value)
+    try:
+        return _builder(name)(num_classes, **kwargs)
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError) as e:  # an argument the layers cannot take
+        raise ConfigError(f"model {name!r} cannot be built with {kwargs}: {e}") from None
+
+
+# keyword arguments that must be positive integers / probabilities, whatever the model
+_POSITIVE_INTS = ("base_channels", "depth", "features", "decoder_channels", "in_channels")
+
+
+def _check_argument(model: str, key: str, value: Any) -> None:
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"model {model!r}: argument {key}={value!r} is out of range; expected {expected}")
+    if key in _POSITIVE_INTS:
+        values = value if isinstance(value, (list, tuple)) and key == "decoder_channels" else [value]
+        if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values):
+            raise bad("a positive integer" + (" or a list of them" if key == "decoder_channels" else ""))
+    elif key == "dropout" and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                   and 0 <= value < 1):
+        raise bad("a number in [0, 1)")
+    elif key in ("aux_head", "bilinear") and not isinstance(value, bool):
+        raise bad("true or false")
+    elif key == "backbone" and value is not None and not isinstance(value, str):
+        raise bad("a backbone name")
 
 
 def load_backbone_weights(model: nn.Module, path: str | Path) -> list[str]:

@@ -35,6 +35,14 @@ def image_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float()
 
 
+def check_crf_for(params: CRFParams, num_classes: int) -> None:
+    """The CRF settings fit a model of ``num_classes`` classes (checked before any network runs)."""
+    try:
+        params.validate(num_classes)
+    except ValueError as e:
+        raise ConfigError(f"CRF parameters: {e}") from None
+
+
 def crf_refiner(params: CRFParams):
     """A ``refine(logits (1,C,H,W), image uint8 (H,W,3)) -> probabilities`` for evaluation/prediction."""
     crf = DenseCRF(params)

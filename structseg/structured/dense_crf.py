@@ -11,6 +11,7 @@ the kernel weights and compatibilities; batched; CPU and CUDA.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -181,16 +182,30 @@ class CRFParams:
     def compatibility_tensor(self) -> torch.Tensor | None:
         return None if self.compatibility is None else torch.tensor(self.compatibility, dtype=torch.float32)
 
-    def validate(self) -> None:
-        if not isinstance(self.iterations, int) or self.iterations < 1:
+    def validate(self, num_classes: int | None = None) -> None:
+        """Range checks (finite, positive widths, non-negative weights); with ``num_classes``, the
+        compatibility's shape too, so a bad setting fails before any network has run."""
+        if not isinstance(self.iterations, int) or isinstance(self.iterations, bool) or self.iterations < 1:
             raise ValueError(f"iterations must be a positive integer, got {self.iterations!r}")
         for name in ("smoothness_xy", "appearance_xy", "appearance_rgb"):
             v = getattr(self, name)
-            if not v > 0:
-                raise ValueError(f"{name} (a kernel width) must be positive, got {v!r}")
+            if not (v > 0 and math.isfinite(v)):
+                raise ValueError(f"{name} (a kernel width) must be a positive finite number, got {v!r}")
         for name in ("smoothness_weight", "appearance_weight"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be non-negative, got {getattr(self, name)!r}")
+            v = getattr(self, name)
+            if not (v >= 0 and math.isfinite(v)):
+                raise ValueError(f"{name} must be a non-negative finite number, got {v!r}")
+        if self.compatibility is not None:
+            try:
+                comp = self.compatibility_tensor()
+            except (ValueError, TypeError):
+                raise ValueError("compatibility must be a list of C numbers or a C x C matrix, got "
+                                 f"{self.compatibility!r}") from None
+            if not torch.isfinite(comp).all() or comp.dim() not in (1, 2):
+                raise ValueError(f"compatibility must be finite, C values or C x C, got {self.compatibility!r}")
+            if num_classes is not None and tuple(comp.shape) not in ((num_classes,), (num_classes, num_classes)):
+                raise ValueError(f"compatibility of shape {tuple(comp.shape)}: the model has {num_classes} classes, "
+                                 f"expected ({num_classes},) or ({num_classes}, {num_classes})")
 
 
 def _check_inputs(unary: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
