@@ -183,6 +183,8 @@ def cmd_models(a: argparse.Namespace) -> None:
 
     from .models import create_model, list_models, model_arguments
     from .models.profile import count_macs, count_parameters, latency_ms
+    if min(a.size) < 1 or a.classes < 1:
+        raise StructsegError(f"--size must be two positive integers and --classes positive, got {a.size}, {a.classes}")
     if a.pretrained:
         from .engine.checkpoint import load_checkpoint, pretrained_models
         print(f"{'name':<22} {'model':<10} {'backbone':<20} {'classes':>7} {'val mIoU':>8} {'mean acc':>8} "

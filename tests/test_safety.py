@@ -226,3 +226,94 @@ def test_a_checkpoint_without_normalization_gets_its_backbone_default(trained, s
     save_checkpoint(tmp_path / "badnorm.pt", ck)
     with pytest.raises(StructsegError, match="'normalization' must hold 3 finite means and 3 positive stds"):
         Predictor(tmp_path / "badnorm.pt")
+
+
+def test_an_image_too_large_for_memory_is_one_error_naming_it(trained, synth_root, tmp_path, monkeypatch, capsys):
+    from structseg.engine import predict as predict_module
+
+    def no_memory(self, image):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: "
+                           "you tried to allocate 54975581388 bytes")
+    monkeypatch.setattr(predict_module.Predictor, "predict", no_memory)
+    img = synth_root / "images" / "0000.png"
+    line = error_line(["predict", str(trained / "best.pt"), str(img), "--out", str(tmp_path / "o"), "--quiet"],
+                      capsys)
+    assert "0000.png: a 64x48 image does not fit in memory for this model" in line
+
+
+def test_16_bit_and_float_images_are_scaled_and_exif_orientation_applied(tmp_path):
+    from structseg.data.io import load_image
+    from structseg.errors import DataError
+    ramp = (np.arange(12 * 20).reshape(12, 20) * 273).astype(np.uint16)  # 0 .. 65247
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode == "I;16"
+    got = load_image(tmp_path / "g16.png")
+    np.testing.assert_array_equal(got[..., 0], np.round(ramp / 257.0).astype(np.uint8))  # full range -> 0..255
+    assert got.max() == 254 and (got[..., 0] == got[..., 2]).all()
+    f = np.linspace(0, 1, 12 * 20, dtype=np.float32).reshape(12, 20)
+    Image.fromarray(f, mode="F").save(tmp_path / "f.tif")
+    np.testing.assert_array_equal(load_image(tmp_path / "f.tif")[..., 1], np.round(f * 255).astype(np.uint8))
+    Image.fromarray(f * 1000, mode="F").save(tmp_path / "big.tif")
+    with pytest.raises(DataError, match=r"big.tif: 'F' image with values in \[0, 1000\]"):
+        load_image(tmp_path / "big.tif")
+    # a portrait photo stored sideways with EXIF orientation 6 (rotate 90 degrees clockwise to view)
+    stored = np.zeros((20, 30, 3), np.uint8)
+    stored[:, :5] = 255  # the stored left edge ...
+    im = Image.fromarray(stored)
+    exif = im.getexif()
+    exif[0x0112] = 6
+    im.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    upright = load_image(tmp_path / "phone.jpg")
+    assert upright.shape == (30, 20, 3)
+    assert upright[:5].mean() > 200 and upright[-5:].mean() < 50  # ... is the top once turned upright
+    with pytest.raises(DataError, match="is a folder, expected an image file"):
+        load_image(tmp_path)
+
+
+def test_crf_search_refuses_empty_work_and_says_when_no_setting_helps(trained, synth_root, tmp_path, capsys):
+    ckpt = str(trained / "best.pt")
+    base = ["crf", "search", ckpt, "--data", str(synth_root), "--split", "val.txt", "--quiet"]
+    assert "--limit 0: expected a positive number" in error_line(base + ["--out", str(tmp_path / "a.yaml"),
+                                                                       "--limit", "0"], capsys)
+    assert "no values given" in error_line(base + ["--out", str(tmp_path / "a.yaml"), "--grid", "appearance_xy="],
+                                           capsys)
+    assert "must be a non-negative finite number, got nan" in error_line(
+        base + ["--out", str(tmp_path / "a.yaml"), "--crf-set", "appearance_weight=.nan"], capsys)
+    assert not (tmp_path / "a.yaml").exists()
+    # a CRF that only smooths everything away (huge weight) is worse than the network alone: said so
+    assert main(base + ["--out", str(tmp_path / "b.yaml"), "--limit", "2", "--grid", "appearance_weight=500",
+                        "--grid", "appearance_xy=80", "--grid", "appearance_rgb=200"]) == 0
+    out = capsys.readouterr().out
+    assert "note: no setting beats the network alone" in out
+    assert json.loads((tmp_path / "b.json").read_text())["best_beats_baseline"] is False
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["data", "synth", "{tmp}/s", "--height", "0"], "--height and --width must be at least 8 pixels"),
+    (["models", "--size", "0", "0", "--no-latency"], "--size must be two positive integers"),
+    (["data", "pack", "{root}", "--split", "val.txt", "--out", "{tmp}/p", "--shard-mb", "0"],
+     "--shard-mb must be a positive number"),
+])
+def test_command_line_numbers_are_range_checked(argv, message, synth_root, tmp_path, capsys):
+    argv = [a.format(tmp=tmp_path, root=synth_root) for a in argv]
+    assert message in error_line(argv, capsys)
+
+
+def test_convert_folder_refuses_bad_numbers_and_corrupt_images_and_fixes_names(tmp_path, capsys):
+    src = tmp_path / "src"
+    (src / "images").mkdir(parents=True)
+    (src / "masks").mkdir()
+    Image.fromarray(np.zeros((8, 10, 3), np.uint8)).save(src / "images" / "my photo.png")
+    Image.fromarray(np.ones((8, 10), np.uint8)).save(src / "masks" / "my photo.png")
+    def argv(dst, *extra):
+        return ["convert", "folder", str(src), str(tmp_path / dst), "--classes", "a,b", "--quiet", *extra]
+    assert "--ignore-index 300: expected a label value in 0-255" in error_line(argv("d1", "--ignore-index", "300"),
+                                                                            capsys)
+    assert "--val-fraction 2.0: expected a share in [0, 1)" in error_line(argv("d2", "--val-fraction", "2"), capsys)
+    assert main(argv("d3")) == 0
+    lines = (tmp_path / "d3" / "train.txt").read_text().split()
+    assert lines == ["images/train/my_photo.png", "labels/train/my_photo.png"]  # one pair the reader can parse
+    (src / "images" / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    Image.fromarray(np.ones((8, 10), np.uint8)).save(src / "masks" / "bad.png")
+    assert "bad.png: " in error_line(argv("d4"), capsys)
+    assert not (tmp_path / "d4").exists() and not list(tmp_path.glob(".d4.partial-*"))

@@ -106,3 +106,23 @@ def test_eval_transform_normalises_only():
     assert img.shape == (3, 60, 80)
     np.testing.assert_array_equal(lab.numpy(), label)
     np.testing.assert_array_equal(decode(img, EvalTransform().mean, EvalTransform().std), label)
+
+
+def test_training_transform_is_bit_identical_for_any_thread_count():
+    # a DataLoader worker runs one thread, the main process several: the same seed must give the same sample
+    import numpy as np
+    from structseg.data.transforms import TrainTransform
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (61, 83, 3), dtype=np.uint8)
+    label = rng.integers(0, 5, (61, 83), dtype=np.uint8)
+    tf = TrainTransform(scale=(0.6, 1.7), crop_size=(48, 56), brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05)
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outs.append([tf(image, label, torch.Generator().manual_seed(s)) for s in range(6)])
+    finally:
+        torch.set_num_threads(before)
+    for (x1, y1), (x2, y2) in zip(*outs):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)

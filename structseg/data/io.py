@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import CheckpointError, DataError
 
@@ -14,22 +15,44 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", "
 
 
 def _open(path: Path) -> Image.Image:
-    if not Path(path).is_file():
+    """Decode a file as a photo viewer shows it: EXIF orientation applied."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, expected an image file")
+    if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
         im = Image.open(path)
         im.load()
+        im = ImageOps.exif_transpose(im)  # a portrait phone photo stored sideways is turned upright
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image file (cannot identify its format)") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: corrupt or truncated image ({e})") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: corrupt, truncated or unreadable image ({e})") from None
     return im
 
 
+def _to_uint8_grey(im: Image.Image, path: Path) -> Image.Image:
+    """A 16-bit, 32-bit integer or float greyscale image as 8 bits, scaled by its type's full range."""
+    arr = np.asarray(im)
+    if im.mode.startswith("I;16") or (im.mode == "I" and arr.size and 0 <= arr.min() and arr.max() <= 65535):
+        out = (arr.astype(np.float64) / 257.0).round()  # 0..65535 -> 0..255
+    elif im.mode == "F" and arr.size and np.isfinite(arr).all() and 0 <= arr.min() and arr.max() <= 1:
+        out = (arr.astype(np.float64) * 255.0).round()  # floats in [0, 1]
+    else:
+        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0, 0)
+        raise DataError(f"{path}: {im.mode!r} image with values in [{lo:g}, {hi:g}]; expected 8- or 16-bit "
+                        "integers, or floats in [0, 1]")
+    return Image.fromarray(out.astype(np.uint8), mode="L")
+
+
 def load_image(path: str | Path) -> np.ndarray:
-    """An RGB image as ``uint8`` ``(H, W, 3)``; greyscale and palette images are converted."""
+    """An RGB image as ``uint8`` ``(H, W, 3)``, oriented by its EXIF tag; greyscale, palette, 16-bit and
+    float images are converted (16-bit by its full range, floats from [0, 1])."""
     im = _open(Path(path))
-    if im.mode not in ("RGB", "RGBA", "L", "P", "LA", "I;16", "CMYK", "YCbCr"):
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        im = _to_uint8_grey(im, Path(path))
+    if im.mode not in ("RGB", "RGBA", "L", "P", "PA", "LA", "CMYK", "YCbCr", "1", "RGBX"):
         raise DataError(f"{path}: unsupported image mode {im.mode!r}; expected an RGB or greyscale image")
     return np.array(im.convert("RGB"))
 
@@ -128,6 +151,22 @@ def check_output_dir(path: str | Path, what: str = "output folder") -> Path:
     except OSError as e:
         raise DataError(f"{p}: cannot write the {what} there ({e.strerror or e})") from None
     return p
+
+
+def partial_dir(out: str | Path) -> Path:
+    """A new hidden sibling ``.NAME.partial-PID`` to build the folder ``out`` in (renamed to it when complete).
+
+    Partial folders that killed processes left beside ``out`` are removed first, so nothing a kill left
+    is ever mistaken for a result.
+    """
+    out = Path(out)
+    for stale in out.parent.glob(f".{out.name}.partial-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if not (pid.isdigit() and process_alive(int(pid))) or int(pid) == os.getpid():
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    tmp.mkdir(parents=True)
+    return tmp
 
 
 def prepare_output_dir(path: str | Path, what: str = "output folder") -> Path:

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import DataError
-from .io import load_image, load_label, prepare_output_dir, process_alive
+from .io import load_image, load_label, partial_dir, prepare_output_dir
 from .layout import ClassInfo, read_classes, read_split
 
 FORMAT = "structseg-packed-v1"
@@ -50,12 +50,7 @@ def pack_split(root: str | Path, split: str, out: str | Path, shard_mb: float = 
     if out.exists():
         raise DataError(f"{out}: already exists; remove it or choose another --out")
     prepare_output_dir(out.parent, "folder of the packed split")
-    for stale in out.parent.glob(f".{out.name}.partial-*"):
-        pid = stale.name.rsplit("-", 1)[-1]
-        if not (pid.isdigit() and process_alive(int(pid))):
-            shutil.rmtree(stale, ignore_errors=True)  # left by a killed run
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    tmp.mkdir(parents=True)
+    tmp = partial_dir(out)
     samples, shard, offset, handle = [], 0, 0, None
     try:
         handle = open(tmp / f"shard-{shard:05d}.bin", "wb")

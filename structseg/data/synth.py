@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from ..errors import DataError
-from .io import default_mode
+from .io import default_mode, partial_dir, prepare_output_dir
 from .layout import ClassInfo, write_layout
 
 CLASSES = ClassInfo(
@@ -78,10 +77,12 @@ def write_synthetic(out: str | Path, n: int = 64, seed: int = 0, size: tuple[int
     out = Path(out)
     if n < 2:
         raise DataError(f"--n must be at least 2 (one train and one val image), got {n}")
-    if out.exists() and any(out.iterdir()):
-        raise DataError(f"{out}: folder exists and is not empty; choose a new folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    if size[0] < 8 or size[1] < 8:
+        raise DataError(f"--height and --width must be at least 8 pixels, got {size[0]}x{size[1]}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"{out}: exists and is not an empty folder; choose a new folder")
+    prepare_output_dir(out.parent, "folder of the dataset")
+    tmp = partial_dir(out)
     try:
         (tmp / "images").mkdir()
         (tmp / "labels").mkdir()
@@ -96,7 +97,7 @@ def write_synthetic(out: str | Path, n: int = 64, seed: int = 0, size: tuple[int
         write_layout(tmp, CLASSES, {"train.txt": pairs[:-n_val], "val.txt": pairs[-n_val:]})
         if out.exists():
             out.rmdir()
-        os.chmod(tmp, default_mode(directory=True))  # mkdtemp's folder is private
+        os.chmod(tmp, default_mode(directory=True))
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -28,7 +28,12 @@ def resize(image: torch.Tensor, label: torch.Tensor, size: tuple[int, int]) -> t
     if tuple(image.shape[-2:]) == tuple(size):
         return image, label
     shrink = size[0] < image.shape[-2]
-    img = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=shrink)[0]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # bilinear kernels round differently per thread split: one thread, as in a worker
+    try:
+        img = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False, antialias=shrink)[0]
+    finally:
+        torch.set_num_threads(threads)
     lab = F.interpolate(label[None, None].float(), size=size, mode="nearest")[0, 0].long()
     return img, lab
 
@@ -58,19 +63,22 @@ def adjust_colour(image: torch.Tensor, brightness: float = 1.0, contrast: float 
     """Photometric distortion of a float RGB image in [0, 1].
 
     ``brightness``/``contrast``/``saturation`` are factors (1 = unchanged); ``hue`` is a rotation
-    in turns (0.5 = 180 degrees) of the chroma plane in YIQ space.
+    in turns (0.5 = 180 degrees) of the chroma plane in YIQ space. Only elementwise arithmetic and a
+    float64 mean, so the result is the same bit for bit whatever the number of threads (a DataLoader
+    worker runs one, the main process several).
     """
     img = image * brightness
     grey = (0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2])
-    img = (img - grey.mean()) * contrast + grey.mean()
+    mean = float(grey.double().mean())  # float32 reductions round differently per thread split
+    img = (img - mean) * contrast + mean
     grey = (0.299 * img[0] + 0.587 * img[1] + 0.114 * img[2])[None]
     img = (img - grey) * saturation + grey
     if hue:
         to_yiq = image.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
         c, s = math.cos(2 * math.pi * hue), math.sin(2 * math.pi * hue)
         rot = image.new_tensor([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
-        m = torch.linalg.inv(to_yiq) @ rot @ to_yiq
-        img = torch.einsum("ij,jhw->ihw", m, img)
+        m = (torch.linalg.inv(to_yiq.double()) @ rot.double() @ to_yiq.double()).tolist()
+        img = torch.stack([m[i][0] * img[0] + m[i][1] * img[1] + m[i][2] * img[2] for i in range(3)])
     return img.clamp_(0.0, 1.0)
 
 

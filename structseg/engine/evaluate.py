@@ -1,6 +1,7 @@
 """Whole-split evaluation: one confusion matrix at the labels' full resolution."""
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import numpy as np
@@ -8,11 +9,27 @@ import torch
 from tqdm import tqdm
 
 from ..data.dataset import SegmentationDataset
+from ..errors import StructsegError
 from .distributed import is_main, rank_slice
 from .metrics import ConfusionMatrix, class_map
 from .runtime import autocast
 
 Refiner = Callable[[torch.Tensor, np.ndarray], torch.Tensor]
+
+_OOM = ("out of memory", "can't allocate memory", "not enough memory", "failed to allocate")
+
+
+@contextlib.contextmanager
+def memory_guard(what: str, size: tuple[int, ...]):
+    """Turn an allocation failure while processing ``what`` into one clear error naming it and its size."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as e:
+        if isinstance(e, RuntimeError) and not any(m in str(e).lower() for m in _OOM):
+            raise
+        h, w = size[-2:]
+        raise StructsegError(f"{what}: a {w}x{h} image does not fit in memory for this model ({type(e).__name__}); "
+                             "downscale it or process it in tiles") from None
 
 
 @torch.no_grad()
@@ -42,9 +59,10 @@ def evaluate(model: torch.nn.Module, dataset: SegmentationDataset, device: torch
     indices = rank_slice(len(dataset))
     for i in tqdm(indices, desc=desc, unit="img", disable=not (progress and is_main()), leave=False):
         image, label = dataset[i]
-        logits = predict_logits(model, image[None], device, dtype, channels_last)
-        if refine is not None:
-            logits = refine(logits, dataset.load(i)[0])
+        with memory_guard(str(dataset.pairs[i][0]), tuple(image.shape)):
+            logits = predict_logits(model, image[None], device, dtype, channels_last)
+            if refine is not None:
+                logits = refine(logits, dataset.load(i)[0])
         cm.update(class_map(logits)[0].cpu(), label)
     cm.all_reduce()
     model.train(was_training)

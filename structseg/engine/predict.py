@@ -14,7 +14,7 @@ from ..data.io import (IMAGE_EXTENSIONS, atomic_path, is_within, load_image, pre
 from ..data.transforms import normalize
 from ..errors import DataError
 from .checkpoint import checkpoint_classes, checkpoint_normalization, load_checkpoint, model_from_checkpoint
-from .evaluate import predict_logits
+from .evaluate import memory_guard, predict_logits
 from .metrics import class_map
 from .runtime import amp_dtype, pick_device
 
@@ -112,7 +112,8 @@ def predict_paths(checkpoint: str | Path, inputs: list[str | Path], out: str | P
             skipped.append((f, str(e)))
             tqdm.write(f"skipped: {e}")
             continue
-        label = predictor.predict(image)
+        with memory_guard(str(f), image.shape[:2]):
+            label = predictor.predict(image)
         save_png(label, labels_dir / f"{f.stem}.png", palette=predictor.classes.palette)
         with atomic_path(overlays_dir / f"{f.stem}.png") as tmp:
             Image.fromarray(overlay(image, label, predictor.classes.palette)).save(tmp, format="PNG")

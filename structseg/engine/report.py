@@ -4,13 +4,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..data.dataset import SegmentationDataset
-from ..data.io import atomic_path, check_output_dir
+from ..data.io import atomic_path, check_output_dir, partial_dir, prepare_output_dir
 from ..data.layout import ClassInfo
 from ..data.transforms import EvalTransform
 from ..errors import CheckpointError
@@ -92,9 +94,26 @@ def evaluate_checkpoint(checkpoint: str | Path, root: str | Path, split: str, ou
 
 def write_eval_outputs(record: dict, dataset: SegmentationDataset, model, device, dtype, out: Path,
                        panels: int, refine: Refiner | None = None) -> None:
+    """Build every output in a hidden partial folder, then move them into ``out`` (``metrics.json`` last),
+    so a killed evaluation never leaves pictures of one run beside the metrics of another."""
+    prepare_output_dir(out, "eval output folder")
+    final = out
+    out = partial_dir(final)
+    try:
+        _write_eval_files(record, dataset, model, device, dtype, out, panels, refine)
+        if (out / "panels").is_dir():
+            shutil.rmtree(final / "panels", ignore_errors=True)
+        for name in ("confusion.png", "per_class_iou.png", "panels", "metrics.json"):
+            if (out / name).exists():
+                os.replace(out / name, final / name)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _write_eval_files(record: dict, dataset: SegmentationDataset, model, device, dtype, out: Path,
+                      panels: int, refine: Refiner | None) -> None:
     from ..viz.overlay import panel
     from ..viz.plots import class_bars, confusion_heatmap
-    out.mkdir(parents=True, exist_ok=True)
     names = list(dataset.classes.names)
     confusion_heatmap(np.array(record["confusion"]), names, out / "confusion.png")
     class_bars(names, [v if v is not None else float("nan") for v in record["per_class_iou"].values()],

@@ -14,10 +14,11 @@ import torch
 from tqdm import tqdm
 
 from ..data.dataset import SegmentationDataset
-from ..data.io import atomic_path
+from ..data.io import atomic_path, prepare_output_file
 from ..data.transforms import EvalTransform
 from ..engine.evaluate import predict_logits
 from ..engine.metrics import ConfusionMatrix, class_map
+from ..engine.checkpoint import checkpoint_normalization
 from ..engine.report import load_for_dataset
 from ..engine.runtime import amp_dtype, pick_device
 from ..errors import ConfigError
@@ -40,9 +41,11 @@ def parse_grid(items: list[str] | None) -> dict[str, list]:
             raise ConfigError(f"--grid: unknown CRF setting {key!r}; known: {', '.join(fields)}")
         cast = int if key == "iterations" else float
         try:
-            grid[key] = [cast(v) for v in values.split(",") if v]
+            grid[key] = [cast(v) for v in values.split(",") if v.strip()]
         except ValueError:
             raise ConfigError(f"--grid {item!r}: values must be numbers") from None
+        if not grid[key]:
+            raise ConfigError(f"--grid {item!r}: no values given; expected KEY=V1,V2,...")
     return grid
 
 
@@ -52,10 +55,19 @@ def search_crf(checkpoint: str | Path, root: str | Path, split: str, grid: dict[
 
     The report's ``baseline`` holds the network's own metrics (no CRF) on the same images.
     """
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--limit {limit}: expected a positive number of images")
     dataset = SegmentationDataset(root, split, cache=False)
     ckpt, model = load_for_dataset(checkpoint, dataset.classes)
-    norm = ckpt["normalization"]
-    dataset.transform = EvalTransform(tuple(norm["mean"]), tuple(norm["std"]))
+    base = base or CRFParams()
+    keys = list(grid)
+    combos = [dataclasses.replace(base, **dict(zip(keys, values))) for values in itertools.product(*grid.values())]
+    for params in combos:  # every setting checked before the network runs
+        try:
+            params.validate(dataset.classes.num_classes)
+        except ValueError as e:
+            raise ConfigError(f"crf search: {e}") from None
+    dataset.transform = EvalTransform(*checkpoint_normalization(ckpt, checkpoint))
     device = pick_device()
     dtype = amp_dtype("auto", device)
     model.to(device).eval()
@@ -67,11 +79,9 @@ def search_crf(checkpoint: str | Path, root: str | Path, split: str, grid: dict[
         logits = predict_logits(model, x[None], device, dtype)
         base_cm.update(class_map(logits)[0].cpu(), label)
         cached.append((logits.half().cpu(), dataset.load(i)[0], label))
-    base = base or CRFParams()
-    keys = list(grid)
-    combos = [dataclasses.replace(base, **dict(zip(keys, values))) for values in itertools.product(*grid.values())]
-    for params in combos:
-        params.validate()
+    if base_cm.matrix.sum() == 0:
+        raise ConfigError(f"{root}/{split}: every label pixel of the {len(cached)} image(s) searched is the ignore "
+                          "index; there is nothing to score the CRF on")
     # combos that differ only in weights or iterations share one pair of lattices per image
     groups: dict[tuple, list[int]] = {}
     for k, params in enumerate(combos):
@@ -101,6 +111,7 @@ def search_crf(checkpoint: str | Path, root: str | Path, split: str, grid: dict[
 def run_search(checkpoint, root, split, out: str | Path, grid_items: list[str] | None = None,
                base: CRFParams | None = None, limit: int | None = None, progress: bool = True) -> dict:
     """Search, print the table, write the best setting to ``out`` (YAML) and all results beside it (JSON)."""
+    out = prepare_output_file(out, "CRF settings file")  # before the network runs, not after
     report = search_crf(checkpoint, root, split, parse_grid(grid_items), base, limit, progress)
     keys = list(report["grid"])
     print(f"{'mIoU':>7} {'acc':>7} {'pix':>7}  " + "  ".join(keys))
@@ -109,12 +120,15 @@ def run_search(checkpoint, root, split, out: str | Path, grid_items: list[str] |
     for r in report["results"][:10]:
         print(f"{100 * r['miou']:7.2f} {100 * r['mean_acc']:7.2f} {100 * r['pixel_acc']:7.2f}  " +
               "  ".join(f"{r['params'][k]:g}" for k in keys))
-    out = Path(out)
     best = CRFParams(**report["results"][0]["params"])
+    report["best_beats_baseline"] = report["results"][0]["miou"] > b["miou"]
     save_crf_params(best, out)
     with atomic_path(out.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps({"checkpoint": str(checkpoint), "data": str(root), "split": split, **report},
                                   indent=1) + "\n")
     print(f"best setting written to {out} (all results: {out.with_suffix('.json')}); "
           f"use it with: structseg eval CHECKPOINT ... --crf {out}")
+    if not report["best_beats_baseline"]:
+        print(f"note: no setting beats the network alone (best mIoU {100 * report['results'][0]['miou']:.2f} vs "
+              f"{100 * b['miou']:.2f} without CRF); the CRF is not recommended for this model on {split}")
     return report

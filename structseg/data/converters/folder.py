@@ -33,6 +33,10 @@ def _held_out(stem: str, fraction: float) -> bool:
 def folder_samples(src: Path, classes: list[str] | None = None, palette_file: Path | None = None,
                    ignore_index: int = 255, val_fraction: float = 0.0, unknown_colour: str = "error",
                    messages: list[str] | None = None) -> tuple[ClassInfo, list[Sample]]:
+    if not (isinstance(ignore_index, int) and 0 <= ignore_index <= 255):
+        raise DataError(f"--ignore-index {ignore_index}: expected a label value in 0-255 (labels are 8-bit)")
+    if not 0 <= val_fraction < 1:
+        raise DataError(f"--val-fraction {val_fraction}: expected a share in [0, 1)")
     images, masks = src / "images", src / "masks"
     if not images.is_dir() or not masks.is_dir():
         raise DataError(f"{src}: expected images/ and masks/ folders in it")

@@ -7,6 +7,7 @@ finished folder to ``DST`` at the end, so a failed conversion leaves nothing at 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ...errors import DataError
-from ..io import save_png
+from ..io import load_image, partial_dir, prepare_output_dir, save_png
 from ..layout import ClassInfo, write_layout
 
 
@@ -51,17 +52,6 @@ class Summary:
             lines.append(f"  {name:<{width}} {100 * count / max(total, 1):7.3f} % of pixels")
         lines.append(f"pixels ignored (label {self.classes.ignore_index}): {100 * self.ignored / max(total, 1):.3f} %")
         return "\n".join(lines)
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """``(height, width)`` of an image file without decoding it; a clear error when it is not one."""
-    try:
-        with Image.open(path) as im:
-            return im.size[1], im.size[0]
-    except FileNotFoundError:
-        raise DataError(f"{path}: image not found") from None
-    except Exception as e:  # PIL raises several types for broken files
-        raise DataError(f"{path}: not a readable image ({e})") from None
 
 
 def read_indexed(path: Path) -> np.ndarray:
@@ -128,19 +118,19 @@ def write_dataset(samples: Iterable[Sample], classes: ClassInfo, dst: str | Path
     dst = Path(dst)
     if dst.exists():
         raise DataError(f"{dst}: already exists; choose a new folder (a conversion never overwrites)")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.parent / f".{dst.name}.partial-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    prepare_output_dir(dst.parent, "folder of the converted dataset")
+    tmp = partial_dir(dst)
     summary = Summary(classes, pixels=np.zeros(classes.num_classes, dtype=np.int64))
     splits: dict[str, list[tuple[str, str]]] = {}
     seen: set[tuple[str, str]] = set()
     try:
         for s in tqdm(samples, total=total, desc="converting", unit="img", disable=not progress):
-            if (s.split, s.stem) in seen:
-                raise DataError(f"{s.image}: a second image named {s.stem!r} in split {s.split!r}")
-            seen.add((s.split, s.stem))
-            h, w = image_size(s.image)
+            stem = re.sub(r"\s+", "_", s.stem)  # split files separate image and label by whitespace
+            if (s.split, stem) in seen:
+                raise DataError(f"{s.image}: a second image named {stem!r} in split {s.split!r}")
+            seen.add((s.split, stem))
+            decoded = load_image(s.image)  # decoded in full (EXIF applied): a corrupt image is refused, not copied
+            h, w = decoded.shape[:2]
             label = s.label()
             if label.shape == (h, w) and s.scale != 1.0:
                 h, w = round(h * s.scale), round(w * s.scale)
@@ -152,18 +142,17 @@ def write_dataset(samples: Iterable[Sample], classes: ClassInfo, dst: str | Path
                 raise DataError(f"{s.image}: label values {sorted(np.unique(label[bad]).tolist())[:5]} are neither "
                                 f"classes (0-{classes.num_classes - 1}) nor the ignore index {classes.ignore_index}")
             ext = s.image.suffix.lower()
-            img_rel = f"images/{s.split}/{s.stem}{ext if ext in ('.jpg', '.jpeg', '.png') else '.png'}"
-            lab_rel = f"labels/{s.split}/{s.stem}.png"
+            img_rel = f"images/{s.split}/{stem}{ext if ext in ('.jpg', '.jpeg', '.png') else '.png'}"
+            lab_rel = f"labels/{s.split}/{stem}.png"
             (tmp / img_rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp / lab_rel).parent.mkdir(parents=True, exist_ok=True)
             if ext in (".jpg", ".jpeg", ".png") and s.scale == 1.0:
                 shutil.copyfile(s.image, tmp / img_rel)  # byte-exact: no re-compression
             else:
-                with Image.open(s.image) as im:
-                    im = im.convert("RGB")
-                    if s.scale != 1.0:
-                        im = im.resize((w, h), Image.BICUBIC)
-                    im.save(tmp / img_rel)
+                im = Image.fromarray(decoded)
+                if s.scale != 1.0:
+                    im = im.resize((w, h), Image.BICUBIC)
+                im.save(tmp / img_rel)
             save_png(label, tmp / lab_rel, [list(c) for c in classes.palette])
             counts = np.bincount(label.ravel(), minlength=256)
             summary.pixels += counts[:classes.num_classes]
