@@ -55,6 +55,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     ckpt = load_torch_file(path, "checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a structseg checkpoint (expected format {FORMAT})")
+    model = ckpt.get("model")
+    if not (isinstance(model, dict) and isinstance(model.get("name"), str) and isinstance(model.get("args"), dict)
+            and isinstance(model.get("num_classes"), int)):
+        raise CheckpointError(f"{path}: damaged checkpoint: 'model' must hold name, args and num_classes")
+    if not isinstance(ckpt.get("state_dict"), dict) or not isinstance(ckpt.get("classes"), dict):
+        raise CheckpointError(f"{path}: damaged checkpoint: 'state_dict' and 'classes' must be mappings")
     return ckpt
 
 
