@@ -30,7 +30,8 @@ from tqdm import tqdm
 
 from ..config import dataclass_from_dict, read_yaml
 from ..data.dataset import SegmentationDataset
-from ..data.io import atomic_path, load_torch_file, remove_stale_temporaries
+from ..data.io import (atomic_path, check_output_dir, load_torch_file, prepare_output_dir,
+                       remove_stale_temporaries)
 from ..data.transforms import EvalTransform, TrainTransform
 from ..engine.checkpoint import (PRETRAINED_DIR, checkpoint_classes, load_checkpoint, model_from_checkpoint,
                                  pretrained_models, resolve_checkpoint)
@@ -352,13 +353,12 @@ def choose(table: dict[float, list[float]]) -> tuple[float, int]:
 def validate_dae(dae_path: str | Path, root: str | Path, split: str, out: str | Path,
                  steps: tuple[float, ...] = STEPS, max_iterations: int = 50, segmenter: str | None = None,
                  progress: bool = True) -> dict:
+    out = prepare_output_dir(out, "validation output folder")  # before any scoring
     device = pick_device()
     cfg, seg_ckpt, seg, dae = load_dae(dae_path, segmenter, device)
     dtype = amp_dtype(cfg.train_dict.amp, device)
     ds = _dataset(root, split, seg_ckpt)
     classes, ignore = ds.classes.num_classes, ds.classes.ignore_index
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     # each finished step is saved at once, so an interrupted validation resumes where it stopped
     progress_file = out / "validate_steps.json"
     run_key = {"dae": str(dae_path), "data": str(root), "split": split, "max_iterations": max_iterations,
@@ -438,6 +438,8 @@ def _score(dae_path, root, split, segmenter, methods: dict[str, Callable], progr
 
 def apply_dae(dae_path: str | Path, root: str | Path, split: str, step: float, iterations: int,
              out: str | Path | None = None, segmenter: str | None = None, progress: bool = True) -> dict:
+    if out is not None:
+        check_output_dir(out, "test output folder")  # before scoring the whole split, not after
     ds, cms, _ = _score(dae_path, root, split, segmenter,
                         {"it": lambda dae, y0, h, ds, idx: iterative_inference(dae, y0, h, step, iterations)}, progress)
     names = list(ds.classes.names)
@@ -457,6 +459,8 @@ def apply_dae(dae_path: str | Path, root: str | Path, split: str, step: float, i
 def compare_dae(dae_path: str | Path, root: str | Path, split: str, step: float, iterations: int,
             crf=None, out: str | Path | None = None, segmenter: str | None = None, progress: bool = True) -> list[dict]:
     """One table: base, + one DAE pass (step 1, one iteration), + iterative inference, + dense CRF."""
+    if out is not None:
+        check_output_dir(out, "comparison output folder")  # before scoring, not after
     methods: dict[str, Callable] = {
         "base network": lambda dae, y0, h, ds, idx: y0,
         "+ DAE, one pass": lambda dae, y0, h, ds, idx: iterative_inference(dae, y0, h, 1.0, 1),
