@@ -29,18 +29,21 @@ sys.path.insert(0, str(Path(__file__).parent))
 from crf_speed import wait_idle  # noqa: E402
 
 
-def train_images_per_s(name: str, classes: int, h: int, w: int, batch: int, steps: int) -> float:
+def step_images_per_s(model: torch.nn.Module, classes: int, h: int, w: int, batch: int, steps: int,
+                      bf16: bool = True, optimizer: str = "sgd") -> float:
+    """Images/s of full training steps (forward, cross-entropy, backward, update) on random batches, channels-last:
+    the median over ``steps`` timed steps after one warm-up step, each started on an idle machine."""
     torch.manual_seed(0)
-    model = create_model(name, classes).train().to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    model = model.train().to(memory_format=torch.channels_last)
+    opt = (torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9) if optimizer == "sgd"
+           else torch.optim.AdamW(model.parameters(), lr=1e-4))
     x = torch.randn(batch, 3, h, w).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, classes, (batch, h, w))
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             out = model(x)
-            out = out[0] if isinstance(out, tuple) else out
-            loss = F.cross_entropy(out.float(), y)
+        loss = F.cross_entropy(out.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -78,7 +81,7 @@ def main() -> None:
         wait_idle()
         row["bf16_ms"] = latency_ms(model, h, w, dtype=torch.bfloat16, repeats=a.repeats)
         del model
-        row["train_img_s"] = train_images_per_s(name, a.classes, h, w, a.batch, a.steps)
+        row["train_img_s"] = step_images_per_s(create_model(name, a.classes), a.classes, h, w, a.batch, a.steps)
         rows.append(row)
         print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     print(f"\n{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads; input {h}x{w}, "

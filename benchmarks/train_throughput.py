@@ -14,13 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from structseg.data.dataset import SegmentationDataset
 from structseg.data.transforms import TrainTransform
@@ -28,31 +26,7 @@ from structseg.models import create_model
 
 sys.path.insert(0, str(Path(__file__).parent))
 from crf_speed import wait_idle  # noqa: E402
-
-
-def step_images_per_s(name: str, backbone: str, classes: int, crop: tuple[int, int], batch: int, steps: int,
-                      bf16: bool) -> float:
-    torch.manual_seed(0)
-    model = create_model(name, classes, backbone=backbone).train().to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x = torch.randn(batch, 3, *crop).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, classes, (batch, *crop))
-
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    step()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return batch / statistics.median(times)
+from models import step_images_per_s  # noqa: E402
 
 
 def transform_ms_per_image(root: str, split: str, crop: tuple[int, int], n: int) -> float:
@@ -97,10 +71,8 @@ def main() -> None:
     for pair in a.pairs.split(","):
         name, backbone = pair.split(":")
         params = sum(p.numel() for p in create_model(name, a.classes, backbone=backbone).parameters()) / 1e6
-        wait_idle()
-        fp32 = step_images_per_s(name, backbone, a.classes, crop, a.batch, a.steps, False)
-        wait_idle()
-        bf16 = step_images_per_s(name, backbone, a.classes, crop, a.batch, a.steps, True)
+        fp32, bf16 = (step_images_per_s(create_model(name, a.classes, backbone=backbone), a.classes, *crop, a.batch,
+                                        a.steps, bf16=b, optimizer="adamw") for b in (False, True))
         share = data_ms / 1000 / (data_ms / 1000 + 1 / bf16) if data_ms else None
         rows.append({"model": name, "backbone": backbone, "params_m": params, "fp32_img_s": fp32,
                      "bf16_img_s": bf16, "data_ms_per_image": data_ms, "data_share_bf16": share})

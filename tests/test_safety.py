@@ -317,3 +317,26 @@ def test_convert_folder_refuses_bad_numbers_and_corrupt_images_and_fixes_names(t
     Image.fromarray(np.ones((8, 10), np.uint8)).save(src / "masks" / "bad.png")
     assert "bad.png: " in error_line(argv("d4"), capsys)
     assert not (tmp_path / "d4").exists() and not list(tmp_path.glob(".d4.partial-*"))
+
+
+def test_results_do_not_depend_on_the_number_of_data_workers(synth_root, tmp_path):
+    states = []
+    for workers in (0, 1):
+        cfg = tiny(synth_root, threads=2)
+        cfg.data.workers = workers
+        train(cfg, tmp_path / f"w{workers}", progress=False)
+        states.append(torch.load(tmp_path / f"w{workers}" / "last.pt", weights_only=True)["state_dict"])
+    for k in states[0]:
+        assert torch.equal(states[0][k], states[1][k]), k
+
+
+def test_a_killed_eval_leaves_nothing_a_later_run_mistakes_for_a_result(trained, synth_root, tmp_path, capsys):
+    out = tmp_path / "eval"
+    stale = tmp_path / ".eval.partial-999999999"  # what a kill mid-eval leaves: a hidden partial folder
+    stale.mkdir()
+    (stale / "confusion.png").write_bytes(b"old")
+    assert main(["eval", str(trained / "best.pt"), "--data", str(synth_root), "--split", "val.txt", "--out", str(out),
+                 "--panels", "2", "--quiet"]) == 0
+    assert not stale.exists() and not list(tmp_path.glob(".eval.partial-*"))
+    assert sorted(p.name for p in out.iterdir()) == ["confusion.png", "metrics.json", "panels", "per_class_iou.png"]
+    assert len(list((out / "panels").iterdir())) == 2
