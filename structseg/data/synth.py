@@ -79,8 +79,10 @@ def write_synthetic(out: str | Path, n: int = 64, seed: int = 0, size: tuple[int
         raise DataError(f"--n must be at least 2 (one train and one val image), got {n}")
     if size[0] < 8 or size[1] < 8:
         raise DataError(f"--height and --width must be at least 8 pixels, got {size[0]}x{size[1]}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(f"{out}: exists and is not an empty folder; choose a new folder")
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: is an existing file; choose a new folder")
+    if out.exists() and any(out.iterdir()):
+        raise DataError(f"{out}: folder exists and is not empty; choose a new folder")
     prepare_output_dir(out.parent, "folder of the dataset")
     tmp = partial_dir(out)
     try:
