@@ -55,12 +55,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     ckpt = load_torch_file(path, "checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a structseg checkpoint (expected format {FORMAT})")
-    model = ckpt.get("model")
-    if not (isinstance(model, dict) and isinstance(model.get("name"), str) and isinstance(model.get("args"), dict)
-            and isinstance(model.get("num_classes"), int)):
-        raise CheckpointError(f"{path}: damaged checkpoint: 'model' must hold name, args and num_classes")
-    if not isinstance(ckpt.get("state_dict"), dict) or not isinstance(ckpt.get("classes"), dict):
-        raise CheckpointError(f"{path}: damaged checkpoint: 'state_dict' and 'classes' must be mappings")
     return ckpt
 
 
@@ -88,7 +82,11 @@ def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint",
 
     ``num_classes``, when given, must equal the checkpoint's (e.g. the dataset's class count).
     """
-    spec = ckpt["model"]
+    spec = ckpt.get("model")
+    if not (isinstance(spec, dict) and isinstance(spec.get("name"), str) and isinstance(spec.get("args"), dict)
+            and isinstance(spec.get("num_classes"), int) and isinstance(ckpt.get("state_dict"), dict)):
+        raise CheckpointError(f"{path}: damaged checkpoint: 'model' must hold name, args and num_classes, "
+                              "and 'state_dict' the weights")
     if num_classes is not None and num_classes != spec["num_classes"]:
         raise CheckpointError(
             f"{path}: model has {spec['num_classes']} classes but the dataset has {num_classes}")
@@ -145,4 +143,6 @@ def checkpoint_normalization(ckpt: dict, path: str | Path = "checkpoint") -> tup
 
 
 def checkpoint_classes(ckpt: dict) -> ClassInfo:
+    if not isinstance(ckpt.get("classes"), dict):
+        raise CheckpointError("damaged checkpoint: no 'classes' mapping (names, ignore_index)")
     return ClassInfo.from_dict(ckpt["classes"], "checkpoint classes")
