@@ -198,14 +198,13 @@ def cmd_models(a: argparse.Namespace) -> None:
                                                                            ("pixel_acc", 9))))
         return
     if a.backbones:
-        from .models.backbones import INSTALLED_WEIGHTS, create_encoder, list_encoders
+        from .models.backbones import INSTALLED_WEIGHTS, create_encoder, installed_weights, list_encoders
         print(f"{'backbone':<20} {'params (M)':>10}  {'strides : channels':<44} ImageNet weights")
         for name in list_encoders():
             enc = create_encoder(name)
             feats = " ".join(f"{f.stride}:{f.channels}" for f in enc.feature_info)
             if name in INSTALLED_WEIGHTS:
                 try:
-                    from .models.backbones import installed_weights
                     installed_weights(name)
                     weights = "installed (pretrained: true)"
                 except StructsegError:

@@ -109,7 +109,7 @@ class EfficientNetLite(Encoder):
         self._bn0 = _bn(32)
         repeats = [r if g in (0, len(GROUPS) - 1) else int(math.ceil(depth * r)) for g, (r, *_) in enumerate(GROUPS)]
         plan = dilation_plan([2] + [g[2] for g in GROUPS], output_stride)[1:]
-        total, blocks, self._group_ends, info = sum(repeats), [], [], []
+        total, blocks, info, self._taps = sum(repeats), [], [], set()
         cin, stride_now, prev_dilation = 32, 2, 1
         for g, ((_, k, _, e, _, cout), n, (s, d)) in enumerate(zip(GROUPS, repeats, plan)):
             cout = round_filters(cout, width)
@@ -119,12 +119,11 @@ class EfficientNetLite(Encoder):
                 cin = cout
             stride_now *= s
             prev_dilation = d
-            self._group_ends.append(len(blocks) - 1)
             if g in FEATURE_GROUPS:
                 info.append(FeatureInfo(stride_now, cout, f"_blocks.{len(blocks) - 1}"))
+                self._taps.add(len(blocks) - 1)
         self._blocks = nn.ModuleList(blocks)
         self.feature_info = info
-        self._taps = {int(f.module.split(".")[1]) for f in info}
         self.include_top = include_top
         if include_top:
             self._conv_head = SameConv2d(cin, 1280, 1)
