@@ -25,9 +25,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from structseg.structured.dense_crf import CRFParams, mean_field, unary_from_probabilities
-from structseg.data.io import load_image, load_label
+from structseg._io import load_image, load_label
 from structseg.engine.metrics import class_map
+from structseg.structured.dense_crf import (
+    CRFParams,
+    mean_field,
+    unary_from_probabilities,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMVID = ROOT.parent / "shared" / "data" / "camvid"
@@ -113,8 +117,14 @@ def timed(fns: dict, repeats: int, sync=lambda: None) -> dict:
 
 def breakdown(image_t, probs_t, p: CRFParams, repeats: int) -> dict:
     """Milliseconds per stage of our CRF (no grad): where the end-to-end time goes."""
-    from structseg.structured.dense_crf import (GaussianKernel, MessageOperator, _Block, appearance_features,
-                                                position_block, position_features)
+    from structseg.structured.dense_crf import (
+        GaussianKernel,
+        MessageOperator,
+        _Block,
+        appearance_features,
+        position_block,
+        position_features,
+    )
     from structseg.structured.lattice import PermutohedralLattice
     _, c, h, w = probs_t.shape
     u = unary_from_probabilities(probs_t)

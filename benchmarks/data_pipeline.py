@@ -17,8 +17,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from structseg._io import load_image, load_label
 from structseg.config import load_config
-from structseg.data.io import load_image, load_label
 from structseg.engine.runtime import amp_dtype, autocast, set_threads
 from structseg.engine.trainer import build_datasets, epoch_batches
 from structseg.models import create_model

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import typing
 from pathlib import Path
 
 from .errors import StructsegError
@@ -73,24 +74,25 @@ def cmd_predict(a: argparse.Namespace) -> None:
 
 
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
+    from .config import AmpMode
     p.add_argument("--crf", nargs="?", const="", metavar="FILE",
                    help="refine with a dense CRF; FILE: its settings (YAML, e.g. from 'structseg crf search')")
     p.add_argument("--crf-set", action="append", metavar="KEY=VALUE",
                    help="override a CRF setting, e.g. iterations=10 (keys: iterations, smoothness_weight, "
                         "smoothness_xy, appearance_weight, appearance_xy, appearance_rgb)")
-    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto",
+    p.add_argument("--amp", choices=typing.get_args(AmpMode), default="auto",
                    help="network precision (default auto: bf16 where the CPU/GPU has it)")
 
 
 def cmd_crf_search(a: argparse.Namespace) -> None:
     from .structured.crf_postprocess import load_crf_params
-    from .structured.crf_search import run_search
+    from .workflows.crf_search import run_search
     base = load_crf_params(None, a.crf_set or [])
     run_search(a.checkpoint, a.data, a.split, a.out, a.grid, base, a.limit, progress=not a.quiet)
 
 
 def cmd_demo(a: argparse.Namespace) -> None:
-    from .demo import run_demo
+    from .workflows.demo import run_demo
     run_demo(Path(a.out), minutes=a.minutes)
 
 
@@ -108,7 +110,7 @@ def cmd_convert(a: argparse.Namespace) -> None:
 
 def _chosen(a: argparse.Namespace) -> tuple[float, int]:
     from .errors import ConfigError
-    from .structured.dae_run import read_chosen, read_dae_checkpoint
+    from .workflows.dae import read_chosen, read_dae_checkpoint
     if a.chosen:
         step, iterations = read_chosen(a.chosen)
     elif (a.step is None or a.iterations is None) and "chosen" in (ck := read_dae_checkpoint(a.dae)):
@@ -121,29 +123,29 @@ def _chosen(a: argparse.Namespace) -> tuple[float, int]:
 
 
 def cmd_dae(a: argparse.Namespace) -> None:
-    from .structured import dae_run
+    from .workflows import dae
     if a.dae_command == "train":
-        cfg = dae_run.load_dae_config(a.config, a.set or [])
+        cfg = dae.load_dae_config(a.config, a.set or [])
         out = a.out or str(Path("runs") / f"dae_{Path(a.config).stem}")
-        rec = dae_run.train_dae(cfg, a.segmenter, out, progress=not a.quiet)
+        rec = dae.train_dae(cfg, a.segmenter, out, progress=not a.quiet)
         print(f"DAE run in {out}: best.pt (lowest val loss), last.pt, metrics.jsonl; last epoch {rec.get('epoch')}")
     elif a.dae_command == "validate":
-        steps = tuple(float(v) for v in a.steps.split(",")) if a.steps else dae_run.STEPS
-        r = dae_run.validate_dae(a.dae, a.data, a.split, a.out, steps, a.max_iterations, a.segmenter, not a.quiet)
+        steps = tuple(float(v) for v in a.steps.split(",")) if a.steps else dae.STEPS
+        r = dae.validate_dae(a.dae, a.data, a.split, a.out, steps, a.max_iterations, a.segmenter, not a.quiet)
         print(f"base mIoU {r['base_miou']:.4f}; chosen step {r['step']}, {r['iterations']} iterations: "
               f"mIoU {r['miou']:.4f}; written {a.out}/chosen.yaml, validate.json, miou_per_iteration.png")
     elif a.dae_command == "test":
         step, iterations = _chosen(a)
-        dae_run.apply_dae(a.dae, a.data, a.split, step, iterations, a.out, a.segmenter, not a.quiet)
+        dae.apply_dae(a.dae, a.data, a.split, step, iterations, a.out, a.segmenter, not a.quiet)
     else:
         step, iterations = _chosen(a)
         crf = _crf_params(a)
-        dae_run.compare_dae(a.dae, a.data, a.split, step, iterations, crf, a.out, a.segmenter, not a.quiet)
+        dae.compare_dae(a.dae, a.data, a.split, step, iterations, crf, a.out, a.segmenter, not a.quiet)
 
 
 def check_export_destination(src: Path, dst: str | Path) -> None:
     """An export never replaces its source, nor a resumable checkpoint (a run's last.pt)."""
-    from .data.io import load_torch_file, prepare_output_file, same_file
+    from ._io import load_torch_file, prepare_output_file, same_file
     if same_file(src, dst):
         raise StructsegError(f"{dst}: the export would replace its source checkpoint; give another file name")
     prepare_output_file(dst, "export file")
@@ -158,15 +160,16 @@ def check_export_destination(src: Path, dst: str | Path) -> None:
 
 
 def cmd_export(a: argparse.Namespace) -> None:
-    from .data.io import load_torch_file
-    from .engine.checkpoint import export_checkpoint, resolve_checkpoint
+    from .engine.checkpoint import (
+        export_checkpoint,
+        read_checkpoint,
+        resolve_checkpoint,
+    )
     from .errors import ConfigError
-    from .structured.dae_run import FORMAT as DAE_FORMAT
-    from .structured.dae_run import export_dae, read_chosen, shipped_daes
-    src = shipped_daes().get(a.checkpoint) or resolve_checkpoint(a.checkpoint)
-    check_export_destination(src, a.out)
-    ck = load_torch_file(src)
-    if isinstance(ck, dict) and ck.get("format") == DAE_FORMAT:
+    from .workflows.dae import export_dae, read_chosen
+    kind, _ = read_checkpoint(a.checkpoint)
+    check_export_destination(resolve_checkpoint(a.checkpoint, kind), a.out)
+    if kind == "dae":
         payload = export_dae(a.checkpoint, a.out, half=not a.fp32, chosen=read_chosen(a.chosen) if a.chosen else None)
         what = f"DAE on segmenter {payload['segmenter']}" + (f", chosen {payload['chosen']}" if a.chosen else "")
     elif a.chosen:
@@ -186,10 +189,10 @@ def cmd_models(a: argparse.Namespace) -> None:
     if min(a.size) < 1 or a.classes < 1:
         raise StructsegError(f"--size must be two positive integers and --classes positive, got {a.size}, {a.classes}")
     if a.pretrained:
-        from .engine.checkpoint import load_checkpoint, pretrained_models
+        from .engine.checkpoint import load_checkpoint, shipped_checkpoints
         print(f"{'name':<22} {'model':<10} {'backbone':<20} {'classes':>7} {'val mIoU':>8} {'mean acc':>8} "
               f"{'pixel acc':>9}")
-        for name, path in pretrained_models().items():
+        for name, path in shipped_checkpoints().items():
             ck = load_checkpoint(path)
             m = ck.get("metrics") or {}
             backbone = ck["model"]["args"].get("backbone") or "(from scratch)"
@@ -198,7 +201,12 @@ def cmd_models(a: argparse.Namespace) -> None:
                                                                            ("pixel_acc", 9))))
         return
     if a.backbones:
-        from .models.backbones import INSTALLED_WEIGHTS, create_encoder, installed_weights, list_encoders
+        from .models.backbones import (
+            INSTALLED_WEIGHTS,
+            create_encoder,
+            installed_weights,
+            list_encoders,
+        )
         print(f"{'backbone':<20} {'params (M)':>10}  {'strides : channels':<44} ImageNet weights")
         for name in list_encoders():
             enc = create_encoder(name)

@@ -12,11 +12,16 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable, Literal, Union
 
 import yaml
 
 from .errors import ConfigError
+
+AmpMode = Literal["auto", "bf16", "fp16", "off"]  # autocast: auto (bf16 where supported), bf16, fp16, off (fp32)
+# input normalisations (x / 255 - mean) / std that ImageNet weights expect; data.mean/std null picks the backbone's
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # torchvision's statistics
+TF_LITE_MEAN, TF_LITE_STD = (0.498, 0.498, 0.498), (0.502, 0.502, 0.502)  # TF EfficientNet-Lite's scaling
 
 
 @dataclass
@@ -61,7 +66,7 @@ class AugmentConfig:
 class OptimizerConfig:
     """``name``: sgd, adamw or rmsprop; ``backbone_lr_scale`` multiplies ``lr`` for the backbone's parameters."""
 
-    name: str = "sgd"
+    name: Literal["sgd", "adamw", "rmsprop"] = "sgd"
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -74,7 +79,7 @@ class OptimizerConfig:
 class ScheduleConfig:
     """Learning-rate schedule per iteration: poly, cosine, exp (``gamma`` per epoch) or constant."""
 
-    name: str = "poly"
+    name: Literal["poly", "cosine", "exp", "constant"] = "poly"
     power: float = 0.9
     gamma: float = 0.995
     min_lr: float = 0.0
@@ -89,7 +94,7 @@ class TrainConfig:
     batch_size: int = 8
     class_weights: str | list[float] | None = None
     aux_weight: float = 0.4
-    amp: str = "auto"
+    amp: AmpMode = "auto"
     channels_last: bool = True
     val_every: int = 1
     patience: int = 0
@@ -111,13 +116,6 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-CHOICES = {
-    "optimizer.name": ("sgd", "adamw", "rmsprop"),
-    "schedule.name": ("poly", "cosine", "exp", "constant"),
-    "train.amp": ("auto", "bf16", "fp16", "off"),
-}
 
 
 class _Loader(yaml.SafeLoader):
@@ -198,6 +196,19 @@ def check_ranges(obj: Any, ranges: dict[str, tuple[Callable[[Any], bool], str]],
             raise ConfigError(f"config key '{prefix}{key}': {node!r} is out of range; expected {allowed}")
 
 
+def check_choices(obj: Any, prefix: str = "") -> None:
+    """Check every ``Literal``-typed field of dataclass ``obj`` (and of the dataclasses in it): for objects built
+    in Python, which do not pass through :func:`dataclass_from_dict`. Raises one :class:`ConfigError`."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value, tp, key = getattr(obj, f.name), hints[f.name], f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_choices(value, key + ".")
+        elif typing.get_origin(tp) is Literal or (typing.get_origin(tp) is list
+                                                 and typing.get_origin(typing.get_args(tp)[0]) is Literal):
+            _coerce(value, tp, key)
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -213,6 +224,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             except ConfigError as e:
                 errors.append(e)
         raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value in typing.get_args(tp) and isinstance(value, str):
+            return value
+        raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(map(str, typing.get_args(tp)))}")
     if tp is type(None):
         if value is None:
             return None
@@ -259,8 +274,6 @@ def _from_dict(cls: type, data: Any, prefix: str) -> Any:
         if name in data:
             key = f"{prefix}.{name}" if prefix else name
             kwargs[name] = _coerce(data[name], hints[name], key)
-            if key in CHOICES and kwargs[name] not in CHOICES[key]:
-                raise ConfigError(f"config key '{key}': {kwargs[name]!r} is not one of {', '.join(CHOICES[key])}")
     return cls(**kwargs)
 
 
@@ -322,6 +335,6 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    from .data.io import atomic_path
+    from ._io import atomic_path
     with atomic_path(path) as tmp:
         tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

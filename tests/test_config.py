@@ -1,6 +1,13 @@
 import pytest
 
-from structseg.config import Config, apply_override, config_from_dict, load_config, read_yaml, save_config
+from structseg.config import (
+    Config,
+    apply_override,
+    config_from_dict,
+    load_config,
+    read_yaml,
+    save_config,
+)
 from structseg.errors import ConfigError
 
 
@@ -57,7 +64,7 @@ def test_shipped_configs_parse():
     import torch
 
     from structseg.models import create_model
-    from structseg.structured.dae_run import load_dae_config
+    from structseg.workflows.dae import load_dae_config
     for path in configs:
         if "dae_dict" in read_yaml(path):  # a DAE recipe (structseg dae train), not a segmenter's
             load_dae_config(path)  # validates too

@@ -22,6 +22,13 @@ from .conftest import SHARED_DATA
 RNG = np.random.default_rng(0)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_rng():
+    """Each test draws from its own generator, seeded alike: results never depend on which tests ran before."""
+    global RNG
+    RNG = np.random.default_rng(0)
+
+
 def rgb(path: Path, h=12, w=16, fmt=None):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(RNG.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path, format=fmt)

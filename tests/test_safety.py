@@ -242,7 +242,7 @@ def test_an_image_too_large_for_memory_is_one_error_naming_it(trained, synth_roo
 
 
 def test_16_bit_and_float_images_are_scaled_and_exif_orientation_applied(tmp_path):
-    from structseg.data.io import load_image
+    from structseg._io import load_image
     from structseg.errors import DataError
     ramp = (np.arange(12 * 20).reshape(12, 20) * 273).astype(np.uint16)  # 0 .. 65247
     Image.fromarray(ramp).save(tmp_path / "g16.png")

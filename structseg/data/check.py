@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .._io import load_image, load_label
 from ..errors import DataError
-from .io import load_image, load_label
 from .layout import read_classes, read_split
 
 

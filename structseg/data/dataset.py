@@ -14,25 +14,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .._io import load_image, load_label
 from ..errors import DataError
-from .io import load_image, load_label
-from .layout import ClassInfo, read_classes, read_split
+from .layout import read_classes, read_split, validate_pair
 from .packed import PackedSplit, is_packed
-
-
-def validate_pair(image: np.ndarray, label: np.ndarray, classes: ClassInfo, image_path: Path,
-                  label_path: Path) -> None:
-    """Raise a :class:`DataError` if sizes differ or label values fall outside ``[0, C) ∪ {ignore}``."""
-    if image.shape[:2] != label.shape:
-        raise DataError(
-            f"{label_path}: label size {label.shape[1]}x{label.shape[0]} (WxH) differs from its image "
-            f"{image_path.name} {image.shape[1]}x{image.shape[0]}")
-    values = np.unique(label)
-    bad = values[(values >= classes.num_classes) & (values != classes.ignore_index)]
-    if bad.size:
-        raise DataError(
-            f"{label_path}: label values {bad.tolist()[:10]} out of range; expected 0..{classes.num_classes - 1} "
-            f"or ignore_index {classes.ignore_index}")
 
 
 class SegmentationDataset(torch.utils.data.Dataset):
@@ -103,3 +88,17 @@ class SegmentationDataset(torch.utils.data.Dataset):
             return self.transform(image, label, self.generator(index))
         return (torch.from_numpy(image).permute(2, 0, 1).contiguous(),
                 torch.from_numpy(label.astype(np.int64)))
+
+
+def equal_size_batches(dataset: SegmentationDataset, indices, size: int):
+    """Stacked ``(x, label, indices)`` of up to ``size`` items; consecutive items of equal shape share a batch
+    (whole images of different sizes cannot be stacked)."""
+    group: list[tuple[torch.Tensor, torch.Tensor, int]] = []
+    for i in indices:
+        x, lab = dataset[i]
+        if group and (len(group) == size or group[0][0].shape != x.shape):
+            yield torch.stack([g[0] for g in group]), torch.stack([g[1] for g in group]), [g[2] for g in group]
+            group = []
+        group.append((x, lab, i))
+    if group:
+        yield torch.stack([g[0] for g in group]), torch.stack([g[1] for g in group]), [g[2] for g in group]

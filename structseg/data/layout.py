@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import DataError
 
 
@@ -114,3 +116,18 @@ def write_layout(root: str | Path, classes: ClassInfo, splits: dict[str, list[tu
     (root / "classes.json").write_text(json.dumps(classes.to_dict(), indent=1) + "\n")
     for name, pairs in splits.items():
         (root / name).write_text("".join(f"{a} {b}\n" for a, b in pairs))
+
+
+def validate_pair(image: np.ndarray, label: np.ndarray, classes: ClassInfo, image_path: Path,
+                  label_path: Path) -> None:
+    """Raise a :class:`DataError` if sizes differ or label values fall outside ``[0, C) ∪ {ignore}``."""
+    if image.shape[:2] != label.shape:
+        raise DataError(
+            f"{label_path}: label size {label.shape[1]}x{label.shape[0]} (WxH) differs from its image "
+            f"{image_path.name} {image.shape[1]}x{image.shape[0]}")
+    values = np.unique(label)
+    bad = values[(values >= classes.num_classes) & (values != classes.ignore_index)]
+    if bad.size:
+        raise DataError(
+            f"{label_path}: label values {bad.tolist()[:10]} out of range; expected 0..{classes.num_classes - 1} "
+            f"or ignore_index {classes.ignore_index}")

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .._io import load_image, load_label, partial_dir, prepare_output_dir
 from ..errors import DataError
-from .io import load_image, load_label, partial_dir, prepare_output_dir
-from .layout import ClassInfo, read_classes, read_split
+from .layout import ClassInfo, read_classes, read_split, validate_pair
 
 FORMAT = "structseg-packed-v1"
 INDEX = "index.json"
@@ -39,8 +39,6 @@ def pack_split(root: str | Path, split: str, out: str | Path, shard_mb: float = 
     The shards are written into a hidden ``.OUT.partial-PID`` folder renamed to ``out`` at the end; the
     partial folders of killed runs are removed by the next run.
     """
-    from .dataset import validate_pair
-
     if not (isinstance(shard_mb, (int, float)) and shard_mb > 0 and math.isfinite(shard_mb)):
         raise DataError(f"--shard-mb must be a positive number (MiB per shard), got {shard_mb!r}")
     root = Path(root)

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .._io import default_mode, partial_dir, prepare_output_dir
 from ..errors import DataError
-from .io import default_mode, partial_dir, prepare_output_dir
 from .layout import ClassInfo, write_layout
 
 CLASSES = ClassInfo(

@@ -1,61 +1,113 @@
-"""Checkpoints: everything needed to rebuild and use a model, written atomically.
+"""Checkpoints: everything needed to rebuild and use a trained network, written atomically.
 
-A checkpoint is a dict of plain values and tensors (loadable with ``weights_only=True``):
-``model`` (name, args, num_classes), ``classes`` (names, ignore_index, palette),
-``normalization`` (mean, std), ``state_dict`` and, for resuming, ``train_state``.
+A checkpoint is a dict of plain values and tensors (loadable with ``weights_only=True``) with a
+``format`` and a ``kind``: ``segmenter`` (a segmentation network: ``model`` (name, args,
+num_classes), ``classes`` (names, ignore_index, palette), ``normalization`` (mean, std)) or ``dae``
+(a conditional DAE on top of one; see :mod:`structseg.workflows.dae`). Both hold ``state_dict``
+and, for resuming, ``optimizer`` / ``train_state``. Shipped checkpoints are found by name.
 """
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
-from ..data.io import atomic_path, load_torch_file
+from .._io import atomic_path, load_torch_file
 from ..data.layout import ClassInfo
 from ..errors import CheckpointError, ConfigError
 from ..models import create_model
 
 FORMAT = "structseg-checkpoint-v1"
+Kind = Literal["segmenter", "dae"]
+_LEGACY_FORMATS = {"structseg-dae-v1": "dae"}  # written before checkpoints had a kind field
+_WHAT = {"segmenter": "segmentation model", "dae": "DAE"}
+PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained"
+_SHIPPED_DIRS = {"segmenter": PRETRAINED_DIR, "dae": PRETRAINED_DIR / "dae"}
+_TRAINING_ONLY = ("format", "state_dict", "optimizer", "train_state")
 
 
-def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+def save_checkpoint(path: str | Path, payload: dict[str, Any], kind: Kind = "segmenter") -> None:
     """Write ``payload`` to ``path`` via a temporary file, so a crash never leaves a partial file."""
-    payload = {"format": FORMAT, **payload}
+    payload = {**payload, "format": FORMAT, "kind": kind}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
 
-PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained"
+def checkpoint_kind(ckpt: Any) -> str | None:
+    """``segmenter`` or ``dae`` for a structseg checkpoint (any version), None for anything else."""
+    if not isinstance(ckpt, dict):
+        return None
+    if ckpt.get("format") == FORMAT:
+        return ckpt.get("kind", "segmenter")
+    return _LEGACY_FORMATS.get(ckpt.get("format"))
 
 
-def pretrained_models() -> dict[str, Path]:
-    """Checkpoints shipped with the package, by name (``camvid-unet`` -> ``pretrained/camvid_unet.pt``)."""
-    return {p.stem.replace("_", "-"): p for p in sorted(PRETRAINED_DIR.glob("*.pt"))}
+def shipped_checkpoints(kind: Kind = "segmenter") -> dict[str, Path]:
+    """Checkpoints of ``kind`` shipped with the package, by name (``camvid-unet`` -> ``pretrained/camvid_unet.pt``,
+    ``camvid-unet-dae`` -> ``pretrained/dae/camvid_unet_dae.pt``)."""
+    return {p.stem.replace("_", "-"): p for p in sorted(_SHIPPED_DIRS[kind].glob("*.pt"))}
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A file path, or the name of a shipped checkpoint (see ``structseg models --pretrained``)."""
+def resolve_checkpoint(path: str | Path, kind: Kind = "segmenter") -> Path:
+    """A file path, or the name of a shipped checkpoint of ``kind`` (see ``structseg models --pretrained``)."""
     p = Path(path)
     if p.is_file():
         return p
-    shipped = pretrained_models()
+    shipped = shipped_checkpoints(kind)
     if str(path) in shipped:
         return shipped[str(path)]
+    listing = f"shipped {_WHAT[kind]}s: {', '.join(shipped) or 'none'}"
+    for other in get_args(Kind):
+        if other != kind and str(path) in shipped_checkpoints(other):
+            raise CheckpointError(f"{path}: that is a shipped {_WHAT[other]}, not a {_WHAT[kind]}; {listing} "
+                                  f"(or give a {_WHAT[kind]} checkpoint file)")
     if not p.suffix and not p.parent.name:
-        raise CheckpointError(f"{path}: no such checkpoint file or shipped model "
-                              f"(shipped: {', '.join(shipped) or 'none'})")
+        raise CheckpointError(f"{path}: no such checkpoint file or shipped model ({listing})")
     return p  # load_torch_file reports the missing file
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint safely (``weights_only=True``) and check its format; ``path`` may name a shipped model."""
-    path = resolve_checkpoint(path)
-    ckpt = load_torch_file(path, "checkpoint")
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+def load_checkpoint(path: str | Path, kind: Kind = "segmenter") -> dict[str, Any]:
+    """Read a checkpoint of ``kind`` safely (``weights_only=True``); ``path`` may name a shipped one."""
+    path = resolve_checkpoint(path, kind)
+    ckpt = load_torch_file(path, "checkpoint" if kind == "segmenter" else f"{_WHAT[kind]} checkpoint")
+    found = checkpoint_kind(ckpt)
+    if found is None:
         raise CheckpointError(f"{path}: not a structseg checkpoint (expected format {FORMAT})")
+    if found != kind:
+        raise CheckpointError(f"{path}: a {_WHAT.get(found, found)} checkpoint, where a {_WHAT[kind]} "
+                              "checkpoint is expected")
     return ckpt
+
+
+def read_checkpoint(path: str | Path) -> tuple[str, dict[str, Any]]:
+    """``(kind, content)`` of a checkpoint of any kind: a file, or the name of a shipped one."""
+    if not Path(path).is_file():
+        for kind in get_args(Kind):
+            if str(path) in shipped_checkpoints(kind):
+                return kind, load_checkpoint(path, kind)
+    ckpt = load_checkpoint(path, "segmenter") if not Path(path).is_file() else load_torch_file(path, "checkpoint")
+    kind = checkpoint_kind(ckpt)
+    if kind is None:
+        raise CheckpointError(f"{path}: not a structseg checkpoint (expected format {FORMAT})")
+    return kind, ckpt
+
+
+def export_checkpoint(src: str | Path, dst: str | Path, half: bool = True,
+                      changes: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A deployable copy of a checkpoint of any kind: everything but the optimiser and training state, the
+    weights in fp16 when ``half``, with ``changes`` applied. Segmentation weights that do not load into
+    their model are refused. Returns the written payload."""
+    kind, ckpt = read_checkpoint(src)
+    if kind == "segmenter":
+        model_from_checkpoint(ckpt, src)  # refuse to export weights that do not load
+    payload = {k: v for k, v in ckpt.items() if k not in _TRAINING_ONLY}
+    payload.update(changes or {})
+    payload["state_dict"] = {k: (v.half() if half and v.is_floating_point() else v).clone()
+                             for k, v in ckpt["state_dict"].items()}
+    save_checkpoint(dst, payload, kind)
+    return payload
 
 
 def build_model(spec: dict, mean: tuple[float, ...], std: tuple[float, ...],
@@ -69,8 +121,8 @@ def build_model(spec: dict, mean: tuple[float, ...], std: tuple[float, ...],
         args["pretrained"] = pretrained
     model = create_model(spec["name"], spec["num_classes"], **args)
     if spec.get("crf") is not None:
-        from ..structured.crfasrnn import CRFasRNN
         from ..structured.crf_postprocess import load_crf_params
+        from ..structured.crfasrnn import CRFasRNN
         params = load_crf_params(None, [f"{k}={v}" for k, v in spec["crf"].items()])
         model = CRFasRNN(model, spec["num_classes"], params, mean, std)
     return model
@@ -111,18 +163,6 @@ def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint",
     return model
 
 
-def export_checkpoint(src: str | Path, dst: str | Path, half: bool = True) -> dict[str, Any]:
-    """A deployable copy: model, classes, normalisation, config, metrics and weights (fp16 when ``half``),
-    without the optimiser state. Returns the written payload."""
-    ckpt = load_checkpoint(src)
-    model_from_checkpoint(ckpt, src)  # refuse to export weights that do not load
-    state = {k: (v.half() if half and v.is_floating_point() else v).clone() for k, v in ckpt["state_dict"].items()}
-    payload = {k: v for k, v in ckpt.items() if k not in ("format", "state_dict", "train_state")}
-    payload["state_dict"] = state
-    save_checkpoint(dst, payload)
-    return payload
-
-
 def checkpoint_normalization(ckpt: dict, path: str | Path = "checkpoint") -> tuple[tuple[float, ...],
                                                                                   tuple[float, ...]]:
     """The (mean, std) a checkpoint's images are normalised with; a checkpoint without them gets its
@@ -146,3 +186,16 @@ def checkpoint_classes(ckpt: dict) -> ClassInfo:
     if not isinstance(ckpt.get("classes"), dict):
         raise CheckpointError("damaged checkpoint: no 'classes' mapping (names, ignore_index)")
     return ClassInfo.from_dict(ckpt["classes"], "checkpoint classes")
+
+
+def load_pretrained(name_or_path: str | Path, device: torch.device | str | None = None) -> torch.nn.Module:
+    """A trained segmentation network ready for inference: a shipped model by name (``structseg models
+    --pretrained``) or a checkpoint file. The module is in eval mode and carries what using it needs:
+    ``classes`` (:class:`ClassInfo`: names, palette, ignore_index), ``normalization`` (mean, std of
+    ``(x / 255 - mean) / std``, per RGB channel) and ``metrics`` (as recorded when it was exported, or {})."""
+    ckpt = load_checkpoint(name_or_path)
+    model = model_from_checkpoint(ckpt, name_or_path)
+    model.classes = checkpoint_classes(ckpt)
+    model.normalization = checkpoint_normalization(ckpt, name_or_path)
+    model.metrics = dict(ckpt.get("metrics") or {})
+    return model.to(device or "cpu").eval()

@@ -43,9 +43,23 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_mean(value: float) -> float:
+def collective_device() -> torch.device:
+    """Where tensors of a collective must live: this process's GPU under NCCL (which has no CPU tensors),
+    the CPU under gloo."""
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """The sum of ``t`` over all processes, on ``t``'s device (``t`` itself when not distributed)."""
     if world_size() == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t)
-    return float(t.item()) / world_size()
+        return t
+    x = t.to(collective_device())
+    dist.all_reduce(x)
+    return x.to(t.device)
+
+
+def all_reduce_mean(value: float) -> float:
+    """The mean of a number over all processes."""
+    return float(all_reduce_sum(torch.tensor([value], dtype=torch.float64)).item()) / world_size()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -9,7 +10,14 @@ import torch
 from tqdm import tqdm
 
 from ..data.dataset import SegmentationDataset
-from ..errors import StructsegError
+from ..data.transforms import EvalTransform
+from ..errors import CheckpointError, StructsegError
+from .checkpoint import (
+    checkpoint_classes,
+    checkpoint_normalization,
+    load_checkpoint,
+    model_from_checkpoint,
+)
 from .distributed import is_main, rank_slice
 from .metrics import ConfusionMatrix, class_map
 from .runtime import autocast
@@ -67,3 +75,29 @@ def evaluate(model: torch.nn.Module, dataset: SegmentationDataset, device: torch
     cm.all_reduce()
     model.train(was_training)
     return cm
+
+
+def checkpoint_dataset(ckpt: dict, checkpoint: str | Path, root: str | Path, split: str,
+                       transform: Callable | None = None, cache: bool = False) -> SegmentationDataset:
+    """``ROOT/SPLIT`` checked to hold the classes the checkpoint predicts, its images normalised as the
+    checkpoint expects (an :class:`EvalTransform` unless ``transform`` is given)."""
+    dataset = SegmentationDataset(root, split, cache=cache)
+    names = checkpoint_classes(ckpt).names
+    if len(names) != dataset.classes.num_classes:
+        raise CheckpointError(f"{checkpoint}: model has {len(names)} classes but the dataset has "
+                              f"{dataset.classes.num_classes}")
+    if names != dataset.classes.names:
+        raise CheckpointError(f"{checkpoint}: trained on classes {list(names)}, but {root} has "
+                              f"{list(dataset.classes.names)}")
+    dataset.transform = transform or EvalTransform(*checkpoint_normalization(ckpt, checkpoint))
+    return dataset
+
+
+def open_for_evaluation(checkpoint: str | Path, root: str | Path,
+                        split: str) -> tuple[dict, torch.nn.Module, SegmentationDataset]:
+    """The one way to open a checkpoint (a file or shipped name) and a split to score it on:
+    ``(checkpoint dict, model, dataset)``, the model's classes checked against the dataset's."""
+    ckpt = load_checkpoint(checkpoint)
+    dataset = checkpoint_dataset(ckpt, checkpoint, root, split)
+    model = model_from_checkpoint(ckpt, checkpoint, num_classes=dataset.classes.num_classes)
+    return ckpt, model, dataset

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .distributed import all_reduce_sum
+
 
 def class_map(scores: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """The predicted class per pixel: argmax of ``scores`` over the class dimension ``dim``.
@@ -43,8 +45,7 @@ class ConfusionMatrix:
 
     def all_reduce(self) -> None:
         """Sum the matrix over all processes (no-op when not distributed)."""
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(self.matrix)
+        self.matrix = all_reduce_sum(self.matrix)
 
     def compute(self) -> dict:
         """``pixel_acc``, ``mean_acc``, ``miou`` (fractions) and per-class ``iou``/``acc`` lists."""

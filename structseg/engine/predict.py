@@ -7,13 +7,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..structured.dense_crf import CRFParams
-from ..structured.crf_postprocess import check_crf_for, crf_refiner
-from ..data.io import (IMAGE_EXTENSIONS, atomic_path, is_within, load_image, prepare_output_dir,
-                       remove_stale_temporaries, save_png)
+from .._io import (
+    IMAGE_EXTENSIONS,
+    atomic_path,
+    is_within,
+    load_image,
+    prepare_output_dir,
+    remove_stale_temporaries,
+    save_png,
+)
 from ..data.transforms import normalize
 from ..errors import DataError
-from .checkpoint import checkpoint_classes, checkpoint_normalization, load_checkpoint, model_from_checkpoint
+from ..structured.crf_postprocess import check_crf_for, crf_refiner
+from ..structured.dense_crf import CRFParams
+from .checkpoint import load_pretrained
 from .evaluate import memory_guard, predict_logits
 from .metrics import class_map
 from .runtime import amp_dtype, pick_device
@@ -58,14 +65,13 @@ class Predictor:
 
     def __init__(self, checkpoint: str | Path, device: torch.device | None = None, crf: CRFParams | None = None,
                  amp: str = "auto"):
-        ckpt = load_checkpoint(checkpoint)
-        self.classes = checkpoint_classes(ckpt)
-        self.mean, self.std = checkpoint_normalization(ckpt, checkpoint)
+        self.device = device or pick_device()
+        self.model = load_pretrained(checkpoint, self.device)
+        self.classes = self.model.classes
+        self.mean, self.std = self.model.normalization
         if crf is not None:
             check_crf_for(crf, self.classes.num_classes)
-        self.device = device or pick_device()
         self.dtype = amp_dtype(amp, self.device)
-        self.model = model_from_checkpoint(ckpt, checkpoint).to(self.device).eval()
         self.refine = crf_refiner(crf) if crf is not None else None
 
     def scores(self, image: np.ndarray) -> torch.Tensor:

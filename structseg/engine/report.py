@@ -9,17 +9,12 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import torch
 
+from .._io import atomic_path, check_output_dir, partial_dir, prepare_output_dir
 from ..data.dataset import SegmentationDataset
-from ..data.io import atomic_path, check_output_dir, partial_dir, prepare_output_dir
-from ..data.layout import ClassInfo
-from ..data.transforms import EvalTransform
-from ..errors import CheckpointError
-from .checkpoint import checkpoint_classes, checkpoint_normalization, load_checkpoint, model_from_checkpoint
-from ..structured.dense_crf import CRFParams
 from ..structured.crf_postprocess import check_crf_for, crf_refiner
-from .evaluate import Refiner, evaluate, predict_logits
+from ..structured.dense_crf import CRFParams
+from .evaluate import Refiner, evaluate, open_for_evaluation, predict_logits
 from .metrics import ConfusionMatrix, class_map
 from .runtime import amp_dtype, pick_device
 
@@ -39,28 +34,34 @@ def metrics_record(cm: ConfusionMatrix, names: list[str]) -> dict:
     }
 
 
-def format_table(record: dict) -> str:
-    lines = [f"{'class':<16} {'IoU':>7} {'acc':>7}"]
-    for name, iou in record["per_class_iou"].items():
-        acc = record["per_class_acc"][name]
-        fmt = lambda v: f"{100 * v:6.2f}" if v is not None else "   n/a"  # noqa: E731
-        lines.append(f"{name:<16} {fmt(iou):>7} {fmt(acc):>7}")
-    lines.append("-" * 32)
-    for key, label in (("miou", "mIoU"), ("mean_acc", "mean class acc"), ("pixel_acc", "pixel acc")):
-        v = record[key]
-        lines.append(f"{label:<16} {100 * v:7.2f}" if v is not None else f"{label:<16}     n/a")
+SUMMARY_METRICS = (("miou", "mIoU"), ("mean_acc", "mean class acc"), ("pixel_acc", "pixel acc"))
+
+
+def _percent(v: float | None, width: int = 0) -> str:
+    return f"{100 * v:{width}.2f}" if v is not None else f"{'n/a':>{width}}"
+
+
+def summary_table(rows: list[tuple[str, dict]], label: str = "method", extra: tuple[tuple[str, str], ...] = ()) -> str:
+    """The one summary table (Markdown): per row a label, mIoU, mean class acc and pixel acc in percent, then
+    ``extra`` columns ``(key, heading)`` taken from the row's dict as they are."""
+    heads = [label] + [h for _, h in SUMMARY_METRICS] + [h for _, h in extra]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for name, m in rows:
+        cells = [name] + [_percent(m.get(k)) for k, _ in SUMMARY_METRICS]
+        cells += [f"{m[k]:.3f}" if isinstance(m.get(k), float) else str(m.get(k, "")) for k, _ in extra]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def load_for_dataset(checkpoint: str | Path, dataset_classes: ClassInfo) -> tuple[dict, torch.nn.Module]:
-    """Load a checkpoint and check it predicts the dataset's classes."""
-    ckpt = load_checkpoint(checkpoint)
-    model = model_from_checkpoint(ckpt, checkpoint, num_classes=dataset_classes.num_classes)
-    names = checkpoint_classes(ckpt).names
-    if names != dataset_classes.names:
-        raise CheckpointError(f"{checkpoint}: trained on classes {list(names)}, but the dataset has "
-                              f"{list(dataset_classes.names)}")
-    return ckpt, model
+def format_table(record: dict) -> str:
+    """Per-class IoU and accuracy of one ``metrics.json`` record, then its three summary metrics."""
+    lines = [f"{'class':<16} {'IoU':>7} {'acc':>7}"]
+    for name, iou in record["per_class_iou"].items():
+        lines.append(f"{name:<16} {_percent(iou, 7)} {_percent(record['per_class_acc'][name], 7)}")
+    lines.append("-" * 32)
+    for key, label in SUMMARY_METRICS:
+        lines.append(f"{label:<16} {_percent(record[key], 7)}")
+    return "\n".join(lines)
 
 
 def evaluate_checkpoint(checkpoint: str | Path, root: str | Path, split: str, out: str | Path | None = None,
@@ -72,11 +73,9 @@ def evaluate_checkpoint(checkpoint: str | Path, root: str | Path, split: str, ou
     """
     if out is not None:  # before scoring the whole split, not after
         check_output_dir(out, "eval output folder")
-    dataset = SegmentationDataset(root, split, cache=False)
-    ckpt, model = load_for_dataset(checkpoint, dataset.classes)
+    ckpt, model, dataset = open_for_evaluation(checkpoint, root, split)
     if crf is not None:
         check_crf_for(crf, dataset.classes.num_classes)
-    dataset.transform = EvalTransform(*checkpoint_normalization(ckpt, checkpoint))
     device = pick_device()
     dtype = amp_dtype(amp, device)
     model.to(device).eval()

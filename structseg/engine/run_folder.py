@@ -15,8 +15,8 @@ import socket
 import time
 from pathlib import Path
 
+from .._io import process_alive
 from ..config import Config
-from ..data.io import process_alive
 from ..errors import ConfigError, StructsegError
 
 LOCK_NAME = ".lock"

@@ -8,7 +8,6 @@ appends a line to ``metrics.jsonl``. Augmentation, shuffling and dropout are see
 """
 from __future__ import annotations
 
-import json
 import math
 import shutil
 import sys
@@ -19,19 +18,27 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .._io import prepare_output_dir, remove_stale_temporaries
 from ..config import Config, save_config
 from ..data.class_weights import enet_weights, median_frequency_weights
 from ..data.dataset import SegmentationDataset
-from ..data.io import atomic_path, prepare_output_dir, remove_stale_temporaries
 from ..data.layout import read_classes
 from ..data.transforms import EvalTransform, TrainTransform
 from ..errors import CheckpointError, ConfigError, StructsegError
 from ..models import encoder_normalization, load_backbone_weights
 from .checkpoint import build_model, load_checkpoint, save_checkpoint
-from .distributed import all_reduce_mean, barrier, init_distributed, is_main, rank, world_size
+from .distributed import (
+    all_reduce_mean,
+    barrier,
+    init_distributed,
+    is_main,
+    rank,
+    world_size,
+)
 from .evaluate import evaluate
 from .optim import build_optimizer, lr_factor
 from .run_folder import RunLock, check_resume
+from .run_log import RunLog, read_run_log
 from .runtime import amp_dtype, autocast, pick_device, set_threads
 
 
@@ -103,22 +110,6 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[i
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
-
-
-class _JsonlLog:
-    """``metrics.jsonl``: one JSON object per epoch; on resume, lines past the checkpoint are dropped."""
-
-    def __init__(self, path: Path, keep_until_epoch: int):
-        self.path = path
-        if path.exists():
-            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-            kept = [ln for ln in lines if json.loads(ln).get("epoch", 0) <= keep_until_epoch]
-            with atomic_path(path) as tmp:
-                tmp.write_text("".join(ln + "\n" for ln in kept))
-
-    def append(self, record: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
 
 
 def _tensorboard(out_dir: Path, enabled: bool):
@@ -225,7 +216,7 @@ def _train(cfg: Config, out_dir: Path, progress: bool, stop_after_epochs: int | 
         best, best_epoch, bad_epochs = ts["best_miou"], ts["best_epoch"], ts["bad_epochs"]
         if report:
             print(f"resuming {out_dir} from epoch {start_epoch} (best val mIoU {best:.4f})")
-    log = _JsonlLog(out_dir / "metrics.jsonl", start_epoch) if is_main() else None
+    log = RunLog(out_dir / "metrics.jsonl", start_epoch) if is_main() else None
     tb = _tensorboard(out_dir, cfg.train.tensorboard)
 
     payload_base = {"model": model_spec, "classes": classes.to_dict(),
@@ -331,7 +322,7 @@ def _train(cfg: Config, out_dir: Path, progress: bool, stop_after_epochs: int | 
         tb.close()
     if is_main():
         from ..viz.plots import training_curves
-        training_curves(out_dir / "metrics.jsonl", out_dir / "curves.png")
+        training_curves(read_run_log(out_dir / "metrics.jsonl"), out_dir / "curves.png")
     if distributed:
         torch.distributed.destroy_process_group()
     return {"out_dir": str(out_dir), "best_miou": best, "best_epoch": best_epoch,

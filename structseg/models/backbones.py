@@ -13,6 +13,7 @@ import importlib
 from pathlib import Path
 from typing import Callable
 
+from ..config import IMAGENET_MEAN, IMAGENET_STD, TF_LITE_MEAN, TF_LITE_STD
 from ..errors import CheckpointError, ConfigError
 from .efficientnet_lite import HEAD_KEYS, VARIANTS, EfficientNetLite
 from .encoder import Encoder
@@ -20,9 +21,6 @@ from .mobilenet import MobileNetV2Backbone
 from .resnet import RESNETS, ResNetBackbone
 from .vgg import VGG16Backbone
 from .weights import load_state_dict_file
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # torchvision's
-TF_LITE_MEAN, TF_LITE_STD = (0.498, 0.498, 0.498), (0.502, 0.502, 0.502)  # (x/255 - 0.498) / 0.502
 
 ENCODERS: dict[str, Callable[..., Encoder]] = {
     "vgg16": lambda c, os: VGG16Backbone(c, output_stride=os),

@@ -6,7 +6,7 @@ from typing import Callable
 
 import torch.nn as nn
 
-from ..data.io import load_torch_file
+from .._io import load_torch_file
 from ..errors import CheckpointError
 
 

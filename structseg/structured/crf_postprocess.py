@@ -8,8 +8,8 @@ import numpy as np
 import torch
 import yaml
 
+from .._io import atomic_path
 from ..config import dataclass_from_dict, read_yaml
-from ..data.io import atomic_path
 from ..errors import ConfigError
 from .dense_crf import CRFParams, DenseCRF
 

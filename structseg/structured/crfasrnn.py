@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import IMAGENET_MEAN, IMAGENET_STD
 from .dense_crf import CRFParams, mean_field
 
 
@@ -21,7 +22,7 @@ class CRFasRNN(nn.Module):
     """``CRFasRNN(net, num_classes, params, mean, std)``; ``forward(x)`` takes the normalised image."""
 
     def __init__(self, net: nn.Module, num_classes: int, params: CRFParams | None = None,
-                 mean: tuple[float, ...] = (0.485, 0.456, 0.406), std: tuple[float, ...] = (0.229, 0.224, 0.225)):
+                 mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD):
         super().__init__()
         self.net = net
         self.params = params or CRFParams()

@@ -14,10 +14,13 @@ transposed conv), applies a *linear* 3x3 conv and, with ``skip``, adds the encod
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ..config import check_choices
 
 N_POOL = 4  # the released code's encoder depth before ``additional_pool``
 
@@ -26,10 +29,10 @@ N_POOL = 4  # the released code's encoder depth before ``additional_pool``
 class DAEConfig:
     """The seed's ``dae_dict`` (defaults: its released CamVid configuration)."""
 
-    kind: str = "standard"
+    kind: Literal["standard"] = "standard"
     dropout: float = 0.0
     skip: bool = True
-    unpool_type: str = "trackind"
+    unpool_type: Literal["trackind", "standard"] = "trackind"
     noise: float = 0.5
     concat_h: list[str] = field(default_factory=lambda: ["pool4"])
     from_gt: bool = False
@@ -37,21 +40,16 @@ class DAEConfig:
     conv_before_pool: int = 1
     additional_pool: int = 2
     temperature: float = 1.0
-    layer: str = "probs_dimshuffle"
+    layer: Literal["probs_dimshuffle"] = "probs_dimshuffle"  # the DAE denoises the class probabilities
     bn: bool = False
 
     def validate(self) -> None:
+        check_choices(self)
         levels = N_POOL + self.additional_pool
-        if self.kind != "standard":
-            raise ValueError(f"dae kind {self.kind!r} is not supported; expected 'standard'")
-        if self.unpool_type not in ("trackind", "standard"):
-            raise ValueError(f"unpool_type must be 'trackind' or 'standard', got {self.unpool_type!r}")
         for name in self.concat_h:
             if name != "input" and not (name.startswith("pool") and name[4:].isdigit()
                                         and 1 <= int(name[4:]) <= levels):
                 raise ValueError(f"concat_h entry {name!r}: expected 'input' or pool1..pool{levels}")
-        if self.layer != "probs_dimshuffle":
-            raise ValueError(f"layer {self.layer!r}: only 'probs_dimshuffle' (the class probabilities) is supported")
         if self.n_filters < 1 or self.conv_before_pool < 1 or self.additional_pool < 0:
             raise ValueError("n_filters and conv_before_pool must be >= 1, additional_pool >= 0")
         if self.noise < 0 or self.temperature <= 0 or not 0 <= self.dropout < 1:

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..data.io import atomic_path
+from .._io import atomic_path
 
 
 def colorize(label: np.ndarray, palette, ignore_index: int | None = None) -> np.ndarray:

@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from ..._io import load_image, partial_dir, prepare_output_dir, save_png
 from ...errors import DataError
-from ..io import load_image, partial_dir, prepare_output_dir, save_png
 from ..layout import ClassInfo, write_layout
 
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .config import config_from_dict
-from .data.synth import write_synthetic
-from .engine.predict import predict_paths
-from .engine.report import evaluate_checkpoint
-from .engine.trainer import train
-from .models import create_model
+from ..config import config_from_dict
+from ..data.synth import write_synthetic
+from ..engine.predict import predict_paths
+from ..engine.report import evaluate_checkpoint
+from ..engine.trainer import train
+from ..models import create_model
 
 DEMO_CONFIG = {
     "model": {"name": "unet", "args": {"base_channels": 16, "depth": 3}},

@@ -13,17 +13,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..data.dataset import SegmentationDataset
-from ..data.io import atomic_path, prepare_output_file
-from ..data.transforms import EvalTransform
-from ..engine.evaluate import predict_logits
+from .._io import atomic_path, prepare_output_file
+from ..engine.evaluate import open_for_evaluation, predict_logits
 from ..engine.metrics import ConfusionMatrix, class_map
-from ..engine.checkpoint import checkpoint_normalization
-from ..engine.report import load_for_dataset
+from ..engine.report import summary_table
 from ..engine.runtime import amp_dtype, pick_device
 from ..errors import ConfigError
-from .dense_crf import LATTICE_SETTINGS, CRFParams, mean_field, message_operator
-from .crf_postprocess import image_tensor, save_crf_params
+from ..structured.dense_crf import LATTICE_SETTINGS, CRFParams, mean_field, message_operator
+from ..structured.crf_postprocess import image_tensor, save_crf_params
 
 DEFAULT_GRID = {"appearance_weight": [3.0, 5.0, 10.0], "appearance_xy": [30.0, 50.0, 80.0],
                 "appearance_rgb": [3.0, 5.0, 13.0]}
@@ -57,8 +54,7 @@ def search_crf(checkpoint: str | Path, root: str | Path, split: str, grid: dict[
     """
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit {limit}: expected a positive number of images")
-    dataset = SegmentationDataset(root, split, cache=False)
-    ckpt, model = load_for_dataset(checkpoint, dataset.classes)
+    _, model, dataset = open_for_evaluation(checkpoint, root, split)
     base = base or CRFParams()
     keys = list(grid)
     combos = [dataclasses.replace(base, **dict(zip(keys, values))) for values in itertools.product(*grid.values())]
@@ -67,7 +63,6 @@ def search_crf(checkpoint: str | Path, root: str | Path, split: str, grid: dict[
             params.validate(dataset.classes.num_classes)
         except ValueError as e:
             raise ConfigError(f"crf search: {e}") from None
-    dataset.transform = EvalTransform(*checkpoint_normalization(ckpt, checkpoint))
     device = pick_device()
     dtype = amp_dtype("auto", device)
     model.to(device).eval()
@@ -114,12 +109,9 @@ def run_search(checkpoint, root, split, out: str | Path, grid_items: list[str] |
     out = prepare_output_file(out, "CRF settings file")  # before the network runs, not after
     report = search_crf(checkpoint, root, split, parse_grid(grid_items), base, limit, progress)
     keys = list(report["grid"])
-    print(f"{'mIoU':>7} {'acc':>7} {'pix':>7}  " + "  ".join(keys))
     b = report["baseline"]
-    print(f"{100 * b['miou']:7.2f} {100 * b['mean_acc']:7.2f} {100 * b['pixel_acc']:7.2f}  (no CRF)")
-    for r in report["results"][:10]:
-        print(f"{100 * r['miou']:7.2f} {100 * r['mean_acc']:7.2f} {100 * r['pixel_acc']:7.2f}  " +
-              "  ".join(f"{r['params'][k]:g}" for k in keys))
+    rows = [("no CRF", b)] + [(", ".join(f"{k} {r['params'][k]:g}" for k in keys), r) for r in report["results"][:10]]
+    print(summary_table(rows, "setting"))
     best = CRFParams(**report["results"][0]["params"])
     report["best_beats_baseline"] = report["results"][0]["miou"] > b["miou"]
     save_crf_params(best, out)
