@@ -209,3 +209,45 @@ def test_bad_input_gives_one_clear_error(bad, message):
                                 for s in (1, 2)})
     with pytest.raises(ValueError, match=message):
         dd_inference(unary, tables, bad.get("params"))
+
+
+def test_model_config_trains_saves_and_reloads_a_network_with_the_layer(synth_root, tmp_path):
+    from structseg.config import config_from_dict
+    from structseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from structseg.engine.report import evaluate_checkpoint
+    from structseg.engine.trainer import train
+    from structseg.structured.dual_decomposition_net import DualDecompositionNet
+
+    from .test_engine import tiny_config
+    cfg = tiny_config(synth_root, epochs=1).to_dict()
+    cfg["model"]["crf"] = {"kind": "dual_decomposition", "iterations": 3, "gamma": 2.0}
+    summary = train(config_from_dict(cfg), tmp_path / "run", progress=False)
+    ckpt = load_checkpoint(summary["best_checkpoint"])
+    model = model_from_checkpoint(ckpt).eval()
+    assert isinstance(model, DualDecompositionNet) and model.crf.params.iterations == 3
+    assert any(k.startswith("crf.pairwise.conv") for k in ckpt["state_dict"])
+    x = torch.randn(1, 3, 48, 64)
+    with torch.no_grad():
+        out = model(x)
+        plain = model.net(x)
+    assert out.shape == plain.shape == (1, 5, 48, 64)
+    # the reloaded layer is active (not the plain network up to a per-pixel constant) and finite
+    assert torch.isfinite(out).all()
+    assert (torch.softmax(out, 1) - torch.softmax(plain, 1)).abs().max() > 1e-4
+    record = evaluate_checkpoint(summary["best_checkpoint"], synth_root, "val.txt", panels=0, progress=False)
+    assert record["miou"] == pytest.approx(summary["best_miou"], abs=1e-6)
+
+
+def test_model_config_errors_name_the_key():
+    from structseg.engine.checkpoint import build_model
+    from structseg.errors import ConfigError
+    spec = {"name": "unet", "args": {"base_channels": 4, "depth": 2}, "num_classes": 3}
+    with pytest.raises(ConfigError, match="model.crf.gama"):
+        build_model({**spec, "crf": {"kind": "dual_decomposition", "gama": 2.0}}, (0.5,) * 3, (0.5,) * 3)
+    with pytest.raises(ConfigError, match="gamma must be > 0"):
+        build_model({**spec, "crf": {"kind": "dual_decomposition", "gamma": -1.0}}, (0.5,) * 3, (0.5,) * 3)
+    with pytest.raises(ConfigError, match="model.crf.kind: 'loopy'"):
+        build_model({**spec, "crf": {"kind": "loopy"}}, (0.5,) * 3, (0.5,) * 3)
+    with pytest.raises(ConfigError, match="FCN does not declare its final classifier"):
+        build_model({"name": "fcn8s", "args": {"backbone": "resnet18"}, "num_classes": 3,
+                     "crf": {"kind": "dual_decomposition"}}, (0.5,) * 3, (0.5,) * 3)

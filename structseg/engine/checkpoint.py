@@ -112,20 +112,33 @@ def export_checkpoint(src: str | Path, dst: str | Path, half: bool = True,
 
 def build_model(spec: dict, mean: tuple[float, ...], std: tuple[float, ...],
                 pretrained: bool | str = False) -> torch.nn.Module:
-    """The network a model spec describes: ``create_model(name, num_classes, **args)``, wrapped in
-    :class:`CRFasRNN` when ``spec["crf"]`` holds CRF settings (``mean``/``std`` undo the input
-    normalisation for the CRF's colour features). ImageNet weights are loaded only with ``pretrained``
-    (a new training run), never when a checkpoint's own weights follow."""
+    """The network a model spec describes: ``create_model(name, num_classes, **args)``, with an end-to-end
+    CRF on top when ``spec["crf"]`` holds one: ``kind: mean_field`` (the default; :class:`CRFasRNN`, whose
+    colour features need ``mean``/``std`` to undo the input normalisation) or ``kind: dual_decomposition``
+    (seed 002, :class:`DualDecompositionNet`). ImageNet weights are loaded only with ``pretrained`` (a new
+    training run), never when a checkpoint's own weights follow."""
     args = {k: v for k, v in spec["args"].items() if k != "pretrained"}
     if pretrained:
         args["pretrained"] = pretrained
     model = create_model(spec["name"], spec["num_classes"], **args)
-    if spec.get("crf") is not None:
+    crf = spec.get("crf")
+    if crf is None:
+        return model
+    settings = {k: v for k, v in crf.items() if k != "kind"}
+    kind = crf.get("kind", "mean_field")
+    if kind == "mean_field":
         from ..structured.crf_postprocess import load_crf_params
         from ..structured.crfasrnn import CRFasRNN
-        params = load_crf_params(None, [f"{k}={v}" for k, v in spec["crf"].items()])
-        model = CRFasRNN(model, spec["num_classes"], params, mean, std)
-    return model
+        return CRFasRNN(model, spec["num_classes"], load_crf_params(None, [f"{k}={v}" for k, v in settings.items()]),
+                        mean, std)
+    if kind == "dual_decomposition":
+        from ..config import dataclass_from_dict
+        from ..structured.dual_decomposition import DDParams
+        from ..structured.dual_decomposition_net import DualDecompositionNet
+        grid_stride = settings.pop("grid_stride", None)
+        params = dataclass_from_dict(DDParams, settings, section="model.crf")
+        return DualDecompositionNet(model, spec["num_classes"], params, grid_stride)
+    raise ConfigError(f"model.crf.kind: {kind!r}; expected mean_field (CRF-as-RNN) or dual_decomposition")
 
 
 def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint",

@@ -67,6 +67,8 @@ def _index_at(info, stride: int, what: str) -> int:
 class DeepLabV3(BackboneModel):
     """DeepLabV3 (Chen et al., 2017): dilated backbone + ASPP + 3x3 conv + classifier."""
 
+    classifier_module = "head.2"
+
     def __init__(self, num_classes: int, in_channels: int = 3, backbone: str = "resnet50", output_stride: int = 8,
                  aux_head: bool = False, pretrained: bool | str = False):
         super().__init__(num_classes, in_channels, backbone, output_stride, aux_head, pretrained)
@@ -81,6 +83,8 @@ class DeepLabV3(BackboneModel):
 
 class DeepLabV3Plus(BackboneModel):
     """DeepLabV3+ (Chen et al., 2018): ASPP at stride 16 + a decoder with stride-4 low-level features."""
+
+    classifier_module = "decoder.2"
 
     def __init__(self, num_classes: int, in_channels: int = 3, backbone: str = "resnet50", output_stride: int = 16,
                  aux_head: bool = False, pretrained: bool | str = False):
@@ -102,6 +106,8 @@ class DeepLabV3Plus(BackboneModel):
 
 class PSPNet(BackboneModel):
     """PSPNet (Zhao et al., 2017): dilated backbone (stride 8) + pyramid pooling + auxiliary head."""
+
+    classifier_module = "head.2"
 
     def __init__(self, num_classes: int, in_channels: int = 3, backbone: str = "resnet50", output_stride: int = 8,
                  aux_head: bool = True, pretrained: bool | str = False):
@@ -164,6 +170,8 @@ class RefineBlock(nn.Module):
 class RefineNet(BackboneModel):
     """4-cascaded RefineNet (Lin et al., 2017) on the backbone's features at strides 32, 16, 8 and 4."""
 
+    classifier_module = "classifier.3"
+
     def __init__(self, num_classes: int, in_channels: int = 3, backbone: str = "resnet50", output_stride: int = 32,
                  aux_head: bool = False, features: int = 256, pretrained: bool | str = False):
         super().__init__(num_classes, in_channels, backbone, output_stride, aux_head, pretrained)
@@ -198,6 +206,8 @@ class FPN(BackboneModel):
     dropout and the classifier at stride 4.
     """
 
+    classifier_module = "fuse.2"
+
     def __init__(self, num_classes: int, in_channels: int = 3, backbone: str = "efficientnet_lite0",
                  output_stride: int = 32, aux_head: bool = False, decoder_channels: int = 128,
                  dropout: float = 0.1, pretrained: bool | str = False):
@@ -227,6 +237,8 @@ class UNetDecoder(BackboneModel):
     """U-Net decoder on any backbone (as smp's ``Unet``): from the deepest feature, upsample x2, concatenate
     the encoder's feature at that stride, two 3x3 conv-BN-ReLU; ``decoder_channels`` per stage, deepest first;
     the classifier sits at the finest stage reached (stride 2 with the default four stages)."""
+
+    classifier_module = "classifier"
 
     def __init__(self, num_classes: int, in_channels: int = 3, backbone: str = "efficientnet_lite0",
                  output_stride: int = 32, aux_head: bool = False,

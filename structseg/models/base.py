@@ -22,6 +22,9 @@ class SegmentationModel(nn.Module):
 
     stride: int = 32
     feature_info: list = []
+    # the final 1x1 classifier, whose output ``forward_padded`` returns as is (None: not declared); layers on
+    # the logits at the model's own resolution (the dual-decomposition CRF) read its input and output
+    classifier_module: str | None = None
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

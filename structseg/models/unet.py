@@ -20,6 +20,8 @@ def double_conv(cin: int, cout: int) -> nn.Sequential:
 class UNet(SegmentationModel):
     """U-Net: ``depth`` poolings, ``base_channels`` at full resolution, ``dropout`` at the bottom."""
 
+    classifier_module = "head"
+
     def __init__(self, num_classes: int, in_channels: int = 3, base_channels: int = 32, depth: int = 4,
                  bilinear: bool = True, dropout: float = 0.0):
         super().__init__()
