@@ -31,8 +31,10 @@ def reference_chain(u: torch.Tensor, p: torch.Tensor, gamma: float) -> torch.Ten
     return torch.stack(left, -1) + torch.stack(right[::-1], -1) - u
 
 
-def reference_solver(u: torch.Tensor, p: torch.Tensor, gamma: float) -> torch.Tensor:
-    return torch.stack([reference_chain(u[c], p[c], gamma) for c in range(u.shape[0])])
+def reference_solver(u: torch.Tensor, p: torch.Tensor, gamma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chain by chain; ``gamma log Z`` read off the first site's max-marginals (float64), as the released code."""
+    m = torch.stack([reference_chain(u[c], p[c], gamma) for c in range(u.shape[0])])
+    return m, gamma * torch.logsumexp(m[:, :, 0].detach().double() / gamma, 1)
 
 
 def run(layer, unary, tables, backward: bool):
@@ -91,12 +93,12 @@ def main() -> None:
                           (torch.randn(1, k, k, h - s, w, generator=g) * 0.5).to(device)) for s in params.strides}
 
             def reference(u, t):
-                original = dd.chain_max_marginals
-                dd.chain_max_marginals = lambda uu, pp, gamma: reference_solver(uu, pp, gamma)
+                original = dd.chain_solve
+                dd.chain_solve = reference_solver
                 try:
                     return dd_inference(u, t, params)
                 finally:
-                    dd.chain_max_marginals = original
+                    dd.chain_solve = original
 
             out_ours, _ = run(ours, unary, tables, False)
             out_ref, _ = run(reference, unary, tables, False)

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from .chain import chain_log_partition, chain_max_marginals
+from .chain import chain_solve
 
 
 @dataclass
@@ -92,35 +93,46 @@ def _from_chains(m: torch.Tensor, b: int, horizontal: bool) -> torch.Tensor:
 
 
 class Subproblems:
-    """The copies' unaries and tables, grouped by sub-lattice shape so that each group is one batched call."""
+    """The copies' unaries and pairwise tables, one per sub-lattice and direction."""
 
     def __init__(self, unary: torch.Tensor, tables, params: DDParams):
         self.b, self.copies, self.shape = unary.shape[0], params.copies, tuple(unary.shape[-2:])
         self.subs = sublattices(params.strides)
-        self.groups: dict[tuple[int, int], list[int]] = {}
         self.u: dict[tuple[int, bool], torch.Tensor] = {}  # (sub index, horizontal) -> copy's unary
         self.p: dict[tuple[int, bool], torch.Tensor] = {}
         for n, (s, i, j) in enumerate(self.subs):
             share = unary[:, :, i::s, j::s] / params.copies
-            self.groups.setdefault(tuple(share.shape[-2:]), []).append(n)
             ph, pv = tables[s]
             for horizontal, table in ((True, ph), (False, pv)):
                 self.u[n, horizontal] = share
                 self.p[n, horizontal] = table[..., i::s, j::s]
 
     def solve(self, gamma, with_dual: bool):
-        """Max-marginals of every copy, ``{(sub, horizontal): (B, K, h, w)}``, and the dual (float64, or None)."""
-        out, dual = {}, torch.zeros((), dtype=torch.float64)
-        for members in self.groups.values():
-            for horizontal in (True, False):
-                u = torch.cat([_as_chains(self.u[n, horizontal], horizontal) for n in members])
-                p = torch.cat([_as_chains(self.p[n, horizontal], horizontal) for n in members])
-                m = chain_max_marginals(u, p, gamma)
-                if with_dual:
-                    dual += chain_log_partition(u.double(), p.double(), gamma).sum().cpu()
-                for n, part in zip(members, m.chunk(len(members))):
-                    out[n, horizontal] = _from_chains(part, self.b, horizontal)
-        return out, (dual.item() if with_dual else None)
+        """Max-marginals of every copy, ``{(sub, horizontal): (B, K, h, w)}``, and the dual (float64, or None).
+
+        Every chain of every copy and direction goes into one batched call: chains shorter than the longest are
+        padded at their end with zero unaries and zero pairwise scores, which adds ``gamma * pads * log K`` to
+        every max-marginal of the chain and to its ``gamma log Z`` (0 for the hard solver); that constant is
+        taken off again, so the result equals unpadded solves, with one recursion step per site of the longest."""
+        keys = [(n, horizontal) for n in range(len(self.subs)) for horizontal in (True, False)]
+        us = [_as_chains(self.u[key], key[1]) for key in keys]
+        ps = [_as_chains(self.p[key], key[1]) for key in keys]
+        longest = max(u.shape[-1] for u in us)
+        u = torch.cat([F.pad(x, (0, longest - x.shape[-1])) for x in us])
+        p = torch.cat([F.pad(x, (0, longest - 1 - x.shape[-1])) for x in ps])
+        pads = torch.cat([torch.full((x.shape[0],), longest - x.shape[-1], dtype=torch.float64) for x in us])
+        shift = 0.0 if gamma is None else gamma * math.log(u.shape[1])
+        m, log_z = chain_solve(u, p, gamma)
+        out, start = {}, 0
+        for key, x in zip(keys, us):
+            part = m[start:start + x.shape[0], :, :x.shape[-1]]
+            if shift and longest > x.shape[-1]:
+                part = part - shift * (longest - x.shape[-1])
+            out[key] = _from_chains(part, self.b, key[1])
+            start += x.shape[0]
+        if not with_dual:
+            return out, None
+        return out, (log_z.cpu() - shift * pads).sum().item()
 
     def scatter(self, m) -> torch.Tensor:
         """The sum of every copy's max-marginals at its pixels, ``(B, K, H, W)``."""
