@@ -32,7 +32,7 @@ class ModelConfig:
     args: dict[str, Any] = field(default_factory=dict)
     backbone_weights: str | None = None  # a weights file for the backbone (e.g. torchvision's .pth)
     pretrained: bool = False  # the backbone's ImageNet weights from an installed package
-    crf: dict[str, Any] | None = None  # CRF-as-RNN on top: iterations, *_weight, *_xy, appearance_rgb
+    crf: dict[str, Any] | None = None  # an end-to-end CRF on top: kind mean_field (CRF-as-RNN) or dual_decomposition
 
 
 @dataclass
