@@ -32,6 +32,18 @@ def cmd_data_pack(a: argparse.Namespace) -> None:
     print(f"packed {a.split} into {out} ({size / 2**20:.1f} MiB); train on it with data.train_split={split}")
 
 
+def cmd_data_tags(a: argparse.Namespace) -> None:
+    from ._io import prepare_output_file
+    from .data.layout import read_classes
+    from .data.tags import tags_from_labels, write_tags
+    prepare_output_file(a.out, "tags file")  # before reading every label map
+    entries = tags_from_labels(a.root, a.split, a.min_share, progress=not a.quiet)
+    out = write_tags(a.out, entries, a.root, read_classes(a.root))
+    per_image = sum(len(e.tags) for e in entries) / len(entries)
+    print(f"wrote {out}: {len(entries)} images, {per_image:.2f} tags per image (classes covering >= "
+          f"{100 * a.min_share:g} % of an image's labelled pixels)")
+
+
 def cmd_train(a: argparse.Namespace) -> None:
     from .config import load_config
     from .engine.trainer import train
@@ -262,6 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--shard-mb", type=float, default=256, help="shard size in MiB (default 256)")
     k.add_argument("--quiet", action="store_true")
     k.set_defaults(func=cmd_data_pack)
+    tg = dsub.add_parser("tags", help="write image-level labels (tags) of a split from its label maps")
+    tg.add_argument("root")
+    tg.add_argument("--split", required=True, help="split file, relative to ROOT")
+    tg.add_argument("--out", required=True, help="the tags file to write (outside a shared dataset)")
+    tg.add_argument("--min-share", type=float, default=0.01,
+                    help="a class is a tag when it covers at least this share of the labelled pixels (0.01)")
+    tg.add_argument("--quiet", action="store_true")
+    tg.set_defaults(func=cmd_data_tags)
 
     from .data.converters import KINDS
     cv = sub.add_parser("convert", help="convert a dataset from its original layout into the unified layout",

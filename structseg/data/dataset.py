@@ -20,6 +20,12 @@ from .layout import read_classes, read_split, validate_pair
 from .packed import PackedSplit, is_packed
 
 
+def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """The generator of one sample's augmentation: a function of ``(seed, epoch, index)`` alone, so that a
+    resumed run, any worker count and any thread count draw the same augmentation."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 10_000_019 + index)
+
+
 class SegmentationDataset(torch.utils.data.Dataset):
     """Images and label maps listed in ``ROOT/SPLIT``; returns ``(image, label)`` tensors.
 
@@ -78,9 +84,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         return self
 
     def generator(self, index: int) -> torch.Generator:
-        g = torch.Generator()
-        g.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index)
-        return g
+        return sample_generator(self.seed, self.epoch, index)
 
     def __getitem__(self, index: int):
         image, label = self.load(index)
