@@ -21,6 +21,23 @@ def test_confusion_counts_and_metrics_by_hand():
     assert m["miou"] == pytest.approx((0.5 + 1 / 3 + 0.5) / 3)
     assert m["pixel_acc"] == pytest.approx(5 / 8)
     assert m["mean_acc"] == pytest.approx((2 / 3 + 1 / 2 + 2 / 3) / 3)
+    # precision tp / predicted: 2/3, 1/2, 2/3; Dice 2 tp / (truth + predicted): 4/6, 2/4, 4/6
+    np.testing.assert_allclose(m["precision"], [2 / 3, 1 / 2, 2 / 3])
+    np.testing.assert_allclose(m["dice"], [2 / 3, 1 / 2, 2 / 3])
+    assert m["mean_dice"] == pytest.approx((2 / 3 + 1 / 2 + 2 / 3) / 3)
+    # frequency-weighted IoU: truth shares 3/8, 2/8, 3/8
+    assert m["fwiou"] == pytest.approx(3 / 8 * 0.5 + 2 / 8 / 3 + 3 / 8 * 0.5)
+
+
+def test_dice_is_f1_and_differs_from_iou_by_the_known_identity():
+    g = torch.Generator().manual_seed(0)
+    t, p = torch.randint(0, 5, (500,), generator=g), torch.randint(0, 5, (500,), generator=g)
+    cm = ConfusionMatrix(5, 255)
+    cm.update(p, t)
+    m = cm.compute()
+    for iou, dice, prec, rec in zip(m["iou"], m["dice"], m["precision"], m["acc"]):
+        assert dice == pytest.approx(2 * prec * rec / (prec + rec))  # F1
+        assert dice == pytest.approx(2 * iou / (1 + iou))
 
 
 def test_absent_classes():
@@ -35,6 +52,8 @@ def test_absent_classes():
     assert m["miou"] == pytest.approx((1 + 0.5 + 0) / 3)
     assert math.isnan(m["acc"][2]) and math.isnan(m["acc"][3])
     assert m["mean_acc"] == pytest.approx((1 + 0.5) / 2)
+    assert math.isnan(m["precision"][2]) and m["precision"][3] == 0.0 and math.isnan(m["dice"][2])
+    assert m["fwiou"] == pytest.approx(1 / 3 * 1.0 + 2 / 3 * 0.5)  # truth: 1 pixel of class 0, 2 of class 1
 
 
 def test_accumulates_over_batches_like_one_matrix():

@@ -48,7 +48,10 @@ class ConfusionMatrix:
         self.matrix = all_reduce_sum(self.matrix)
 
     def compute(self) -> dict:
-        """``pixel_acc``, ``mean_acc``, ``miou`` (fractions) and per-class ``iou``/``acc`` lists."""
+        """Fractions from the one matrix: ``pixel_acc``, ``mean_acc`` (mean recall), ``miou``, ``mean_dice``
+        (mean F1), ``fwiou`` (IoU weighted by each class's share of the labelled pixels), and per-class lists
+        ``iou``, ``acc`` (recall), ``precision``, ``dice``. A class with no pixel in truth or prediction gets NaN
+        (left out of the means); precision is NaN for a class never predicted."""
         m = self.matrix.double().numpy()
         tp = np.diag(m)
         gt = m.sum(1)
@@ -57,11 +60,20 @@ class ConfusionMatrix:
         with np.errstate(divide="ignore", invalid="ignore"):
             iou = np.where(union > 0, tp / union, np.nan)
             acc = np.where(gt > 0, tp / gt, np.nan)
+            precision = np.where(pred > 0, tp / pred, np.nan)
+            dice = np.where(gt + pred > 0, 2 * tp / (gt + pred), np.nan)
         total = m.sum()
+
+        def mean(v):
+            return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
         return {
             "pixel_acc": float(tp.sum() / total) if total else float("nan"),
-            "mean_acc": float(np.nanmean(acc)) if np.isfinite(acc).any() else float("nan"),
-            "miou": float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
+            "mean_acc": mean(acc),
+            "miou": mean(iou),
+            "mean_dice": mean(dice),
+            "fwiou": float(np.nansum(gt / total * np.where(gt > 0, iou, 0.0))) if total else float("nan"),
             "iou": iou.tolist(),
             "acc": acc.tolist(),
+            "precision": precision.tolist(),
+            "dice": dice.tolist(),
         }

@@ -28,8 +28,11 @@ def metrics_record(cm: ConfusionMatrix, names: list[str]) -> dict:
     m = cm.compute()
     return {
         "miou": _clean(m["miou"]), "mean_acc": _clean(m["mean_acc"]), "pixel_acc": _clean(m["pixel_acc"]),
+        "mean_dice": _clean(m["mean_dice"]), "fwiou": _clean(m["fwiou"]),
         "per_class_iou": {n: _clean(v) for n, v in zip(names, m["iou"])},
         "per_class_acc": {n: _clean(v) for n, v in zip(names, m["acc"])},
+        "per_class_precision": {n: _clean(v) for n, v in zip(names, m["precision"])},
+        "per_class_dice": {n: _clean(v) for n, v in zip(names, m["dice"])},
         "confusion": cm.matrix.tolist(),
     }
 
@@ -55,12 +58,16 @@ def summary_table(rows: list[tuple[str, dict]], label: str = "method", extra: tu
 
 def format_table(record: dict) -> str:
     """Per-class IoU and accuracy of one ``metrics.json`` record, then its three summary metrics."""
-    lines = [f"{'class':<16} {'IoU':>7} {'acc':>7}"]
-    for name, iou in record["per_class_iou"].items():
-        lines.append(f"{name:<16} {_percent(iou, 7)} {_percent(record['per_class_acc'][name], 7)}")
-    lines.append("-" * 32)
-    for key, label in SUMMARY_METRICS:
-        lines.append(f"{label:<16} {_percent(record[key], 7)}")
+    columns = [("per_class_iou", "IoU"), ("per_class_acc", "acc"), ("per_class_precision", "prec"),
+               ("per_class_dice", "Dice")]
+    columns = [(k, h) for k, h in columns if k in record]
+    lines = [f"{'class':<16} " + " ".join(f"{h:>7}" for _, h in columns)]
+    for name in record["per_class_iou"]:
+        lines.append(f"{name:<16} " + " ".join(_percent(record[k][name], 7) for k, _ in columns))
+    lines.append("-" * (17 + 8 * len(columns)))
+    for key, label in SUMMARY_METRICS + (("mean_dice", "mean Dice (F1)"), ("fwiou", "fw IoU")):
+        if key in record:
+            lines.append(f"{label:<16} {_percent(record[key], 7)}")
     return "\n".join(lines)
 
 
