@@ -87,12 +87,23 @@ class ScheduleConfig:
 
 
 @dataclass
+class LossTerm:
+    """One term of the training loss, ``weight * name(logits, labels)`` (see :mod:`structseg.engine.losses`)."""
+
+    name: Literal["cross_entropy", "dice", "focal", "lovasz"] = "cross_entropy"
+    weight: float = 1.0
+    label_smoothing: float = 0.0  # cross_entropy only
+    gamma: float = 2.0  # focal only
+
+
+@dataclass
 class TrainConfig:
     """The loop: epochs, batch, loss weighting, precision, validation and early stopping."""
 
     epochs: int = 50
     batch_size: int = 8
     class_weights: str | list[float] | None = None
+    loss: list[LossTerm] = field(default_factory=lambda: [LossTerm()])  # summed; class_weights apply to CE/focal
     aux_weight: float = 0.4
     amp: AmpMode = "auto"
     channels_last: bool = True
@@ -175,6 +186,9 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.class_weights": (lambda v: not isinstance(v, list) or all(_finite(x) and x >= 0 for x in v),
                             "null, 'median_frequency', 'enet' or a list of finite numbers >= 0"),
     "train.aux_weight": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    "train.loss": (lambda v: bool(v) and all(_finite(t.weight) and t.weight >= 0 and 0 <= t.label_smoothing < 1
+                                             and _finite(t.gamma) and t.gamma >= 0 for t in v),
+                   "a non-empty list of terms with weight >= 0, label_smoothing in [0, 1), gamma >= 0"),
     "train.val_every": (lambda v: v >= 1, "an integer >= 1"),
     "train.patience": (lambda v: v >= 0, "an integer >= 0 (0: no early stopping)"),
     "train.seed": (lambda v: 0 <= v < 2 ** 63, "an integer >= 0"),

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from .._io import prepare_output_dir, remove_stale_temporaries
@@ -36,6 +35,7 @@ from .distributed import (
     world_size,
 )
 from .evaluate import evaluate
+from .losses import build_loss
 from .optim import build_optimizer, lr_factor
 from .run_folder import RunLock, check_resume
 from .run_log import RunLog, read_run_log
@@ -199,6 +199,7 @@ def _train(cfg: Config, out_dir: Path, progress: bool, stop_after_epochs: int | 
     if weights is not None and report:
         print("class weights:", ", ".join(f"{n}={w:.3f}" for n, w in zip(classes.names, weights.tolist())))
     weights = weights.to(device) if weights is not None else None
+    criterion = build_loss(cfg.train.loss, weights, classes.ignore_index)
 
     optimizer = build_optimizer(model, cfg.optimizer)
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16 and device.type == "cuda"))
@@ -253,11 +254,10 @@ def _train(cfg: Config, out_dir: Path, progress: bool, stop_after_epochs: int | 
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast(device, dtype):
                 logits, aux = net(images, return_aux=True)
-            # (a CRF-as-RNN model returns log-marginals; cross-entropy's log-softmax leaves them unchanged)
-            loss = F.cross_entropy(logits.float(), labels, weight=weights, ignore_index=classes.ignore_index)
+            # (a CRF-as-RNN model returns log-marginals; log-softmax and softmax leave them as they are)
+            loss = criterion(logits, labels)
             for a in aux:
-                loss = loss + cfg.train.aux_weight * F.cross_entropy(a.float(), labels, weight=weights,
-                                                                     ignore_index=classes.ignore_index)
+                loss = loss + cfg.train.aux_weight * criterion(a, labels)
             if unlabelled:
                 skipped += 1
                 loss = logits.float().sum() * 0.0
