@@ -70,16 +70,40 @@ def _crf_params(a: argparse.Namespace):
     return load_crf_params(a.crf or None, a.crf_set or [])
 
 
+TTA_SCALES = (0.75, 1.0, 1.25)
+
+
+def _numbers(text: str, what: str, cast=float) -> tuple:
+    try:
+        return tuple(cast(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise StructsegError(f"{what} {text!r}: expected comma-separated numbers") from None
+
+
+def _inference(a: argparse.Namespace):
+    """How the network is applied, from --mode, --tile, --overlap, --tile-batch, --tta, --tta-scales, --tta-flip."""
+    from .engine.inference import InferenceSettings
+    tile = _numbers(a.tile, "--tile", int) if a.tile else None
+    scales = _numbers(a.tta_scales, "--tta-scales") if a.tta_scales else (TTA_SCALES if a.tta else (1.0,))
+    mode = a.mode or ("slide" if tile else "whole")
+    settings = InferenceSettings(mode, tile, a.overlap, a.tile_batch, scales, a.tta or a.tta_flip)
+    try:
+        settings.validate()
+    except ValueError as e:
+        raise StructsegError(str(e)) from None
+    return settings
+
+
 def cmd_eval(a: argparse.Namespace) -> None:
     from .engine.report import evaluate_checkpoint
     evaluate_checkpoint(a.checkpoint, a.data, a.split, a.out, panels=a.panels, progress=not a.quiet,
-                        crf=_crf_params(a), amp=a.amp)
+                        crf=_crf_params(a), amp=a.amp, inference=_inference(a))
 
 
 def cmd_predict(a: argparse.Namespace) -> None:
     from .engine.predict import predict_paths
     r = predict_paths(a.checkpoint, a.inputs, a.out, progress=not a.quiet, crf=_crf_params(a), amp=a.amp,
-                      skip_bad=a.skip_bad)
+                      skip_bad=a.skip_bad, inference=_inference(a))
     skipped = f"; skipped {len(r['skipped'])} unreadable file(s)" if r["skipped"] else ""
     print(f"wrote {r['written']} label maps to {Path(a.out) / 'labels'} and overlays to "
           f"{Path(a.out) / 'overlays'}{skipped}")
@@ -94,6 +118,14 @@ def _add_inference_options(p: argparse.ArgumentParser) -> None:
                         "smoothness_xy, appearance_weight, appearance_xy, appearance_rgb)")
     p.add_argument("--amp", choices=typing.get_args(AmpMode), default="auto",
                    help="network precision (default auto: bf16 where the CPU/GPU has it)")
+    p.add_argument("--mode", choices=("whole", "slide"), help="whole image (default) or sliding tiles (--tile)")
+    p.add_argument("--tile", metavar="H,W", help="tile size for sliding-window inference (implies --mode slide)")
+    p.add_argument("--overlap", type=float, default=0.25, help="tile overlap fraction in [0, 1) (default 0.25)")
+    p.add_argument("--tile-batch", type=int, default=4, help="tiles per forward pass (default 4)")
+    p.add_argument("--tta", action="store_true",
+                   help=f"test-time augmentation: scales {','.join(map(str, TTA_SCALES))} and horizontal flip")
+    p.add_argument("--tta-scales", metavar="S1,S2,...", help="TTA scales (default 1, or the --tta set)")
+    p.add_argument("--tta-flip", action="store_true", help="TTA: add the horizontally flipped image")
 
 
 def cmd_crf_search(a: argparse.Namespace) -> None:

@@ -20,7 +20,7 @@ from .checkpoint import (
 )
 from .distributed import is_main, rank_slice
 from .metrics import ConfusionMatrix, class_map
-from .runtime import autocast
+from .inference import InferenceSettings, infer_logits
 
 Refiner = Callable[[torch.Tensor, np.ndarray], torch.Tensor]
 
@@ -41,24 +41,15 @@ def memory_guard(what: str, size: tuple[int, ...]):
 
 
 @torch.no_grad()
-def predict_logits(model: torch.nn.Module, images: torch.Tensor, device: torch.device,
-                   dtype: torch.dtype | None = None, channels_last: bool = False) -> torch.Tensor:
-    """Float32 logits ``(N, C, H, W)`` for normalised images ``(N, 3, H, W)``."""
-    x = images.to(device)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    with autocast(device, dtype):
-        return model(x).float()
-
-
-@torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset: SegmentationDataset, device: torch.device,
              dtype: torch.dtype | None = None, channels_last: bool = False, progress: bool = True,
-             desc: str = "eval", refine: Refiner | None = None) -> ConfusionMatrix:
+             desc: str = "eval", refine: Refiner | None = None,
+             inference: InferenceSettings | None = None) -> ConfusionMatrix:
     """Predict every image of ``dataset`` (with an eval transform) and accumulate the confusion matrix.
 
     ``refine(logits, image)`` (e.g. a dense CRF) maps the network's ``(1, C, H, W)`` logits and the
-    raw ``uint8 (H, W, 3)`` image to refined scores before the argmax. Under ``torchrun`` each
+    raw ``uint8 (H, W, 3)`` image to refined scores before the argmax; ``inference`` says how the network is
+    applied (whole image by default, or sliding tiles, with test-time augmentation). Under ``torchrun`` each
     process takes a slice of the split and the matrices are summed.
     """
     was_training = model.training
@@ -68,7 +59,7 @@ def evaluate(model: torch.nn.Module, dataset: SegmentationDataset, device: torch
     for i in tqdm(indices, desc=desc, unit="img", disable=not (progress and is_main()), leave=False):
         image, label = dataset[i]
         with memory_guard(str(dataset.pairs[i][0]), tuple(image.shape)):
-            logits = predict_logits(model, image[None], device, dtype, channels_last)
+            logits = infer_logits(model, image[None], device, dtype, inference, channels_last)
             if refine is not None:
                 logits = refine(logits, dataset.load(i)[0])
         cm.update(class_map(logits)[0].cpu(), label)

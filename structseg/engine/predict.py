@@ -21,7 +21,8 @@ from ..errors import DataError
 from ..structured.crf_postprocess import check_crf_for, crf_refiner
 from ..structured.dense_crf import CRFParams
 from .checkpoint import load_pretrained
-from .evaluate import memory_guard, predict_logits
+from .evaluate import memory_guard
+from .inference import InferenceSettings, infer_logits
 from .metrics import class_map
 from .runtime import amp_dtype, pick_device
 
@@ -64,7 +65,7 @@ class Predictor:
     """Segments RGB images with a trained checkpoint (normalisation and classes come from it)."""
 
     def __init__(self, checkpoint: str | Path, device: torch.device | None = None, crf: CRFParams | None = None,
-                 amp: str = "auto"):
+                 amp: str = "auto", inference: InferenceSettings | None = None):
         self.device = device or pick_device()
         self.model = load_pretrained(checkpoint, self.device)
         self.classes = self.model.classes
@@ -72,12 +73,14 @@ class Predictor:
         if crf is not None:
             check_crf_for(crf, self.classes.num_classes)
         self.dtype = amp_dtype(amp, self.device)
+        self.inference = inference
         self.refine = crf_refiner(crf) if crf is not None else None
 
     def scores(self, image: np.ndarray) -> torch.Tensor:
         """``(C, H, W)`` class scores for a ``uint8 (H, W, 3)`` image: logits, or CRF marginals."""
         x = torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)
-        out = predict_logits(self.model, normalize(x, self.mean, self.std)[None], self.device, self.dtype)
+        out = infer_logits(self.model, normalize(x, self.mean, self.std)[None], self.device, self.dtype,
+                           self.inference)
         if self.refine is not None:
             out = self.refine(out, image)
         return out[0].cpu()
@@ -88,7 +91,8 @@ class Predictor:
 
 
 def predict_paths(checkpoint: str | Path, inputs: list[str | Path], out: str | Path, progress: bool = True,
-                  crf: CRFParams | None = None, amp: str = "auto", skip_bad: bool = False) -> dict:
+                  crf: CRFParams | None = None, amp: str = "auto", skip_bad: bool = False,
+                  inference: InferenceSettings | None = None) -> dict:
     """Write ``OUT/labels/<stem>.png`` (class indices, palette PNG) and ``OUT/overlays/<stem>.png`` per image.
 
     Each file is written under a temporary name and renamed, so a killed run leaves no partial output
@@ -101,7 +105,7 @@ def predict_paths(checkpoint: str | Path, inputs: list[str | Path], out: str | P
     out = Path(out)
     files = collect_images(inputs)
     check_output_folder(out, inputs, files)
-    predictor = Predictor(checkpoint, crf=crf, amp=amp)
+    predictor = Predictor(checkpoint, crf=crf, amp=amp, inference=inference)
     labels_dir = prepare_output_dir(out / "labels", "output folder")
     overlays_dir = prepare_output_dir(out / "overlays", "output folder")
     for d in (labels_dir, overlays_dir):

@@ -14,7 +14,8 @@ from .._io import atomic_path, check_output_dir, partial_dir, prepare_output_dir
 from ..data.dataset import SegmentationDataset
 from ..structured.crf_postprocess import check_crf_for, crf_refiner
 from ..structured.dense_crf import CRFParams
-from .evaluate import Refiner, evaluate, open_for_evaluation, predict_logits
+from .evaluate import Refiner, evaluate, open_for_evaluation
+from .inference import InferenceSettings, infer_logits
 from .metrics import ConfusionMatrix, class_map
 from .runtime import amp_dtype, pick_device
 
@@ -73,7 +74,7 @@ def format_table(record: dict) -> str:
 
 def evaluate_checkpoint(checkpoint: str | Path, root: str | Path, split: str, out: str | Path | None = None,
                         panels: int = 4, progress: bool = True, crf: CRFParams | None = None,
-                        amp: str = "auto") -> dict:
+                        amp: str = "auto", inference: InferenceSettings | None = None) -> dict:
     """Evaluate ``checkpoint`` on ``ROOT/SPLIT``; print the table; write metrics and pictures to ``out``.
 
     ``crf`` refines every prediction with a dense CRF (post-processing) before scoring.
@@ -87,26 +88,29 @@ def evaluate_checkpoint(checkpoint: str | Path, root: str | Path, split: str, ou
     dtype = amp_dtype(amp, device)
     model.to(device).eval()
     refine = crf_refiner(crf) if crf is not None else None
-    cm = evaluate(model, dataset, device, dtype, progress=progress, desc=f"eval {split}", refine=refine)
+    cm = evaluate(model, dataset, device, dtype, progress=progress, desc=f"eval {split}", refine=refine,
+                  inference=inference)
     names = list(dataset.classes.names)
     record = {"checkpoint": str(checkpoint), "data": str(root), "split": split, "num_images": len(dataset),
-              "crf": dataclasses.asdict(crf) if crf is not None else None, **metrics_record(cm, names)}
+              "crf": dataclasses.asdict(crf) if crf is not None else None,
+              "inference": dataclasses.asdict(inference) if inference is not None else None,
+              **metrics_record(cm, names)}
     print(format_table(record))
     if out is not None:
-        write_eval_outputs(record, dataset, model, device, dtype, Path(out), panels, refine)
+        write_eval_outputs(record, dataset, model, device, dtype, Path(out), panels, refine, inference)
         print(f"wrote {Path(out) / 'metrics.json'}, confusion.png, per_class_iou.png, panels/")
     return record
 
 
 def write_eval_outputs(record: dict, dataset: SegmentationDataset, model, device, dtype, out: Path,
-                       panels: int, refine: Refiner | None = None) -> None:
+                       panels: int, refine: Refiner | None = None, inference: InferenceSettings | None = None) -> None:
     """Build every output in a hidden partial folder, then move them into ``out`` (``metrics.json`` last),
     so a killed evaluation never leaves pictures of one run beside the metrics of another."""
     prepare_output_dir(out, "eval output folder")
     final = out
     out = partial_dir(final)
     try:
-        _write_eval_files(record, dataset, model, device, dtype, out, panels, refine)
+        _write_eval_files(record, dataset, model, device, dtype, out, panels, refine, inference)
         if (out / "panels").is_dir():
             shutil.rmtree(final / "panels", ignore_errors=True)
         for name in ("confusion.png", "per_class_iou.png", "panels", "metrics.json"):
@@ -117,7 +121,7 @@ def write_eval_outputs(record: dict, dataset: SegmentationDataset, model, device
 
 
 def _write_eval_files(record: dict, dataset: SegmentationDataset, model, device, dtype, out: Path,
-                      panels: int, refine: Refiner | None) -> None:
+                      panels: int, refine: Refiner | None, inference: InferenceSettings | None) -> None:
     from ..viz.overlay import panel
     from ..viz.plots import class_bars, confusion_heatmap
     names = list(dataset.classes.names)
@@ -129,7 +133,7 @@ def _write_eval_files(record: dict, dataset: SegmentationDataset, model, device,
         for i in np.linspace(0, len(dataset) - 1, min(panels, len(dataset))).round().astype(int):
             image, label = dataset.load(int(i))
             x, _ = dataset[int(i)]
-            scores = predict_logits(model, x[None], device, dtype)
+            scores = infer_logits(model, x[None], device, dtype, inference)
             pred = class_map(refine(scores, image) if refine else scores)[0].cpu().numpy()
             panel(image, label, pred, dataset.classes.palette, dataset.classes.ignore_index,
                   out / "panels" / f"{dataset.pairs[i][0].stem}.png")

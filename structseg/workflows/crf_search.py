@@ -14,7 +14,8 @@ import torch
 from tqdm import tqdm
 
 from .._io import atomic_path, prepare_output_file
-from ..engine.evaluate import open_for_evaluation, predict_logits
+from ..engine.evaluate import open_for_evaluation
+from ..engine.inference import forward_logits
 from ..engine.metrics import ConfusionMatrix, class_map
 from ..engine.report import summary_table
 from ..engine.runtime import amp_dtype, pick_device
@@ -71,7 +72,7 @@ def search_crf(checkpoint: str | Path, root: str | Path, split: str, grid: dict[
     base_cm = ConfusionMatrix(dataset.classes.num_classes, dataset.classes.ignore_index)
     for i in tqdm(indices, desc="network", unit="img", disable=not progress, leave=False):
         x, label = dataset[i]
-        logits = predict_logits(model, x[None], device, dtype)
+        logits = forward_logits(model, x[None], device, dtype)
         base_cm.update(class_map(logits)[0].cpu(), label)
         cached.append((logits.half().cpu(), dataset.load(i)[0], label))
     if base_cm.matrix.sum() == 0:

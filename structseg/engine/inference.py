@@ -1,0 +1,127 @@
+"""How a network is applied to one image: whole, or by sliding tiles, with optional test-time augmentation.
+
+- ``whole``: one forward pass of the normalised image (the default).
+- ``slide``: tiles of ``tile = (h, w)`` at a stride of ``tile * (1 - overlap)`` (the last row and column of
+  tiles aligned with the image's far edges), ``batch`` tiles per forward pass; each tile's logits are
+  weighted by a smooth window (a Gaussian of sigma = tile / 4 per axis, floored at 1e-3, so a pixel
+  near a tile's edge counts little where another tile sees it from its centre) and the weighted sum is
+  divided by the summed weights. One tile covering the image gives the whole-image logits.
+- test-time augmentation: ``scales`` (the image resized, the logits resized back) and ``flip`` (the
+  mirrored image, the logits mirrored back); the softmax probabilities are averaged and the result is
+  returned as their log, so argmax and any CRF downstream read it as logits.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import StructsegError
+from .runtime import autocast
+
+
+@dataclass
+class InferenceSettings:
+    mode: Literal["whole", "slide"] = "whole"
+    tile: tuple[int, int] | None = None
+    overlap: float = 0.25
+    batch: int = 4
+    scales: tuple[float, ...] = field(default_factory=lambda: (1.0,))
+    flip: bool = False
+
+    def validate(self) -> None:
+        if self.mode == "slide" and (self.tile is None or len(self.tile) != 2 or min(self.tile) < 1):
+            raise ValueError(f"slide inference needs --tile H,W (two positive integers), got {self.tile}")
+        if not 0 <= self.overlap < 1:
+            raise ValueError(f"--overlap must be in [0, 1), got {self.overlap}")
+        if self.batch < 1:
+            raise ValueError(f"--tile-batch must be >= 1, got {self.batch}")
+        if not self.scales or not all(math.isfinite(s) and s > 0 for s in self.scales):
+            raise ValueError(f"TTA scales must be positive numbers, got {list(self.scales)}")
+
+    @property
+    def augmented(self) -> bool:
+        return self.flip or tuple(self.scales) != (1.0,)
+
+
+def tile_starts(size: int, tile: int, stride: int) -> list[int]:
+    """Offsets of the tiles along one axis: every ``stride``, plus one flush with the far edge."""
+    starts = list(range(0, size - tile + 1, stride))
+    if starts[-1] + tile < size:
+        starts.append(size - tile)
+    return starts
+
+
+def window(h: int, w: int, device=None) -> torch.Tensor:
+    """The blending weight of a tile's pixels, ``(h, w)``: a Gaussian bump, 1 at the centre, >= 1e-3."""
+    def axis(n):
+        t = torch.arange(n, device=device, dtype=torch.float32) - (n - 1) / 2
+        return torch.exp(-0.5 * (t / (n / 4)) ** 2)
+    return (axis(h)[:, None] * axis(w)[None, :]).clamp(min=1e-3)
+
+
+@torch.no_grad()
+def forward_logits(model: torch.nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype | None,
+                   channels_last: bool = False) -> torch.Tensor:
+    """Float32 logits ``(N, C, H, W)`` of one forward pass on normalised images ``(N, 3, H, W)``."""
+    x = x.to(device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(device, dtype):
+        return model(x).float()
+
+
+@torch.no_grad()
+def slide_logits(model: torch.nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype | None,
+                 tile: tuple[int, int], overlap: float = 0.25, batch: int = 4) -> torch.Tensor:
+    """Logits ``(1, C, H, W)`` of one normalised image ``(1, 3, H, W)`` assembled from overlapping tiles."""
+    _, _, h, w = x.shape
+    th, tw = tile
+    if th > h or tw > w:
+        raise StructsegError(f"a {tw}x{th} tile (WxH) is larger than the {w}x{h} image; use a smaller --tile "
+                             "or whole-image inference")
+    sh, sw = max(1, int(th * (1 - overlap))), max(1, int(tw * (1 - overlap)))
+    boxes = [(y, x0) for y in tile_starts(h, th, sh) for x0 in tile_starts(w, tw, sw)]
+    weight = window(th, tw)
+    total, norm = None, torch.zeros(1, 1, h, w)
+    for k in range(0, len(boxes), batch):
+        group = boxes[k:k + batch]
+        out = forward_logits(model, torch.cat([x[..., y:y + th, x0:x0 + tw] for y, x0 in group]), device, dtype).cpu()
+        if total is None:
+            total = torch.zeros(1, out.shape[1], h, w)
+        for (y, x0), logits in zip(group, out):
+            total[0, :, y:y + th, x0:x0 + tw] += logits * weight
+            norm[0, 0, y:y + th, x0:x0 + tw] += weight
+    return total / norm
+
+
+def infer_logits(model: torch.nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype | None,
+                 settings: InferenceSettings | None = None, channels_last: bool = False) -> torch.Tensor:
+    """Logits ``(1, C, H, W)`` of one normalised image as ``settings`` say (on the CPU for slide and TTA)."""
+    settings = settings or InferenceSettings()
+
+    def once(image: torch.Tensor) -> torch.Tensor:
+        if settings.mode == "slide":
+            return slide_logits(model, image, device, dtype, settings.tile, settings.overlap, settings.batch)
+        return forward_logits(model, image, device, dtype, channels_last)
+
+    if not settings.augmented:
+        return once(x)
+    h, w = x.shape[-2:]
+    probs = None
+    for scale in settings.scales:
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        scaled = x if size == (h, w) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        for flipped in ((False, True) if settings.flip else (False,)):
+            image = scaled.flip(-1) if flipped else scaled
+            logits = once(image).cpu()
+            logits = logits.flip(-1) if flipped else logits
+            if logits.shape[-2:] != (h, w):
+                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+            p = torch.softmax(logits, 1)
+            probs = p if probs is None else probs + p
+    n = len(settings.scales) * (2 if settings.flip else 1)
+    return torch.log((probs / n).clamp(min=1e-12))
