@@ -6,7 +6,13 @@ import json
 import pytest
 import torch
 
-from structseg.engine.inference import InferenceSettings, infer_logits, slide_logits, tile_starts, window
+from structseg.engine.inference import (
+    InferenceSettings,
+    infer_logits,
+    slide_logits,
+    tile_starts,
+    window,
+)
 from structseg.errors import StructsegError
 from structseg.models import create_model
 
@@ -57,6 +63,20 @@ def test_slide_equals_whole_for_a_pointwise_network(tile, overlap, batch):
     with torch.no_grad():
         whole = model(x)
     torch.testing.assert_close(slide_logits(model, x, CPU, None, tile, overlap, batch), whole, atol=1e-5, rtol=1e-5)
+
+
+def test_streamed_labels_equal_the_argmax_of_the_assembled_logits():
+    from structseg.data.transforms import normalize
+    from structseg.engine.inference import slide_labels
+    torch.manual_seed(3)
+    model = create_model("unet", 5, base_channels=4, depth=2).eval()
+    image = torch.randint(0, 256, (50, 70, 3), dtype=torch.uint8)
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    x = normalize(image.permute(2, 0, 1).float() / 255, mean, std)[None]
+    for tile, overlap in (((16, 24), 0.25), ((20, 20), 0.5), ((50, 70), 0.0)):
+        labels = slide_labels(model, image, mean, std, CPU, None, tile, overlap, batch=3)
+        expected = slide_logits(model, x, CPU, None, tile, overlap).argmax(1)[0].to(torch.uint8)
+        assert (labels == expected).float().mean() > 0.999  # float rounding may flip a near-tie
 
 
 def test_slide_blends_tiles_by_their_windows():

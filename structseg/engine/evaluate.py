@@ -19,8 +19,8 @@ from .checkpoint import (
     model_from_checkpoint,
 )
 from .distributed import is_main, rank_slice
-from .metrics import ConfusionMatrix, class_map
 from .inference import InferenceSettings, infer_logits
+from .metrics import ConfusionMatrix, class_map
 
 Refiner = Callable[[torch.Tensor, np.ndarray], torch.Tensor]
 

@@ -74,28 +74,69 @@ def forward_logits(model: torch.nn.Module, x: torch.Tensor, device: torch.device
         return model(x).float()
 
 
+def _check_tile(h: int, w: int, tile: tuple[int, int]) -> None:
+    if tile[0] > h or tile[1] > w:
+        raise StructsegError(f"a {tile[1]}x{tile[0]} tile (WxH) is larger than the {w}x{h} image; use a smaller "
+                             "--tile or whole-image inference")
+
+
 @torch.no_grad()
+def slide_bands(model: torch.nn.Module, tile_at, h: int, w: int, device: torch.device, dtype: torch.dtype | None,
+                tile: tuple[int, int], overlap: float = 0.25, batch: int = 4):
+    """Blended logits of an ``h x w`` image by sliding tiles, yielded top to bottom as finished bands
+    ``(row, logits (C, rows, w))``. ``tile_at(y, x)`` returns the normalised tile ``(3, th, tw)`` at ``(y, x)``.
+    A band is finished once no later tile row covers it, so at most one tile row's band (C x th x w) and one
+    batch of tiles are held: memory is bounded by the tile, not by the image's height."""
+    _check_tile(h, w, tile)
+    th, tw = tile
+    rows = tile_starts(h, th, max(1, int(th * (1 - overlap))))
+    cols = tile_starts(w, tw, max(1, int(tw * (1 - overlap))))
+    weight = window(th, tw)
+    top, acc, norm = 0, None, torch.zeros(1, th, w)
+    for y in rows:
+        if acc is not None and y > top:  # rows [top, y) are final: no later tile reaches them
+            yield top, acc[:, :y - top] / norm[:, :y - top]
+            keep = top + th - y
+            acc = torch.cat([acc[:, y - top:], acc.new_zeros(acc.shape[0], th - keep, w)], 1)
+            norm = torch.cat([norm[:, y - top:], norm.new_zeros(1, th - keep, w)], 1)
+            top = y
+        for k in range(0, len(cols), batch):
+            xs = cols[k:k + batch]
+            out = forward_logits(model, torch.stack([tile_at(y, x0) for x0 in xs]), device, dtype).cpu()
+            if acc is None:
+                acc = torch.zeros(out.shape[1], th, w)
+            for x0, logits in zip(xs, out):
+                acc[:, y - top:y - top + th, x0:x0 + tw] += logits * weight
+                norm[:, y - top:y - top + th, x0:x0 + tw] += weight
+    yield top, acc[:, :h - top] / norm[:, :h - top]
+
+
 def slide_logits(model: torch.nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype | None,
                  tile: tuple[int, int], overlap: float = 0.25, batch: int = 4) -> torch.Tensor:
     """Logits ``(1, C, H, W)`` of one normalised image ``(1, 3, H, W)`` assembled from overlapping tiles."""
-    _, _, h, w = x.shape
+    h, w = x.shape[-2:]
     th, tw = tile
-    if th > h or tw > w:
-        raise StructsegError(f"a {tw}x{th} tile (WxH) is larger than the {w}x{h} image; use a smaller --tile "
-                             "or whole-image inference")
-    sh, sw = max(1, int(th * (1 - overlap))), max(1, int(tw * (1 - overlap)))
-    boxes = [(y, x0) for y in tile_starts(h, th, sh) for x0 in tile_starts(w, tw, sw)]
-    weight = window(th, tw)
-    total, norm = None, torch.zeros(1, 1, h, w)
-    for k in range(0, len(boxes), batch):
-        group = boxes[k:k + batch]
-        out = forward_logits(model, torch.cat([x[..., y:y + th, x0:x0 + tw] for y, x0 in group]), device, dtype).cpu()
-        if total is None:
-            total = torch.zeros(1, out.shape[1], h, w)
-        for (y, x0), logits in zip(group, out):
-            total[0, :, y:y + th, x0:x0 + tw] += logits * weight
-            norm[0, 0, y:y + th, x0:x0 + tw] += weight
-    return total / norm
+    bands = slide_bands(model, lambda y, x0: x[0, :, y:y + th, x0:x0 + tw], h, w, device, dtype, tile, overlap, batch)
+    return torch.cat([band for _, band in bands], 1)[None]
+
+
+def slide_labels(model: torch.nn.Module, image: torch.Tensor, mean, std, device: torch.device,
+                 dtype: torch.dtype | None, tile: tuple[int, int], overlap: float = 0.25,
+                 batch: int = 4) -> torch.Tensor:
+    """Class indices ``(H, W)`` uint8 of a ``uint8 (H, W, 3)`` image by sliding tiles, normalised tile by tile:
+    for images too large to hold as float logits (an 8000 x 8000 frame), memory stays that of one tile row."""
+    h, w = image.shape[:2]
+    th, tw = tile
+    m = torch.tensor(mean).view(3, 1, 1)
+    s = torch.tensor(std).view(3, 1, 1)
+
+    def tile_at(y, x0):
+        return (image[y:y + th, x0:x0 + tw].permute(2, 0, 1).float() / 255.0 - m) / s
+
+    labels = torch.empty(h, w, dtype=torch.uint8)
+    for top, band in slide_bands(model, tile_at, h, w, device, dtype, tile, overlap, batch):
+        labels[top:top + band.shape[1]] = band.max(0).indices.to(torch.uint8)
+    return labels
 
 
 def infer_logits(model: torch.nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype | None,

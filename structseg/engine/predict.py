@@ -22,7 +22,7 @@ from ..structured.crf_postprocess import check_crf_for, crf_refiner
 from ..structured.dense_crf import CRFParams
 from .checkpoint import load_pretrained
 from .evaluate import memory_guard
-from .inference import InferenceSettings, infer_logits
+from .inference import InferenceSettings, infer_logits, slide_labels
 from .metrics import class_map
 from .runtime import amp_dtype, pick_device
 
@@ -86,7 +86,12 @@ class Predictor:
         return out[0].cpu()
 
     def predict(self, image: np.ndarray) -> np.ndarray:
-        """``uint8 (H, W)`` class indices."""
+        """``uint8 (H, W)`` class indices. Sliding tiles without a CRF or TTA stream the image band by band,
+        so memory is that of one tile row whatever the image's size."""
+        s = self.inference
+        if s is not None and s.mode == "slide" and self.refine is None and not s.augmented:
+            return slide_labels(self.model, torch.from_numpy(np.ascontiguousarray(image)), self.mean, self.std,
+                                self.device, self.dtype, s.tile, s.overlap, s.batch).numpy()
         return class_map(self.scores(image), 0).numpy().astype(np.uint8)
 
 
