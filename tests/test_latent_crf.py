@@ -97,3 +97,55 @@ def test_constant_labelling_has_no_energy_and_a_split_one_has_the_cut():
     cut = sum(0.5 * (kt[a, b] + kt[b, a]) for a in left for b in right)
     assert expected_potts_energy(split, image, PARAMS).item() == pytest.approx(cut.item(), rel=1e-9)
     assert not math.isnan(kl_to_crf_prior(split, image, PARAMS).item())
+
+
+def enumerate_labellings(k, n):
+    return [torch.tensor(z) for z in itertools.product(range(k), repeat=n)]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tag_likelihood_bound_is_below_and_converges_to_the_exact_expectation(seed):
+    from structseg.structured.latent_crf import (
+        tag_log_likelihood,
+        tag_log_likelihood_bound,
+    )
+    g = torch.Generator().manual_seed(seed)
+    k, h, w = 3, 2, 3
+    q = torch.softmax(torch.randn(1, k, h, w, generator=g, dtype=torch.float64) * 2, 1)
+    tags = torch.tensor([[1.0, 0.0, 1.0]])
+    rate = torch.rand(k, generator=g, dtype=torch.float64) * 2 + 0.1
+    qf = q[0].reshape(k, -1).T
+    exact = sum(torch.prod(qf[torch.arange(h * w), z]) * tag_log_likelihood(z.view(1, h, w), tags, rate, k)[0]
+                for z in enumerate_labellings(k, h * w))
+    loose = tag_log_likelihood_bound(q, tags, rate, terms=3)[0]
+    tight = tag_log_likelihood_bound(q, tags, rate, terms=64)[0]
+    assert loose.item() <= exact.item() + 1e-12 and tight.item() <= exact.item() + 1e-12
+    assert tight.item() == pytest.approx(exact.item(), abs=1e-7)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_the_evidence_bound_never_exceeds_log_p_of_the_tags(seed):
+    """log p(y | x) = log sum_z p(z | x) p(y | z), by enumeration, against E_q[log p(y | z)] - KL(q || p)
+    as computed (the likelihood's series bound, the lattice KL with its self-interaction)."""
+    from structseg.structured.latent_crf import (
+        tag_log_likelihood,
+        tag_log_likelihood_bound,
+    )
+    image, logits = tiny(seed, h=2, w=3, k=2)
+    q = torch.softmax(logits * 2, 1)
+    tags = torch.tensor([[1.0, 1.0]]) if seed % 2 else torch.tensor([[1.0, 0.0]])
+    rate = torch.tensor([0.8, 1.5], dtype=torch.float64)
+    kt = dense_kernel(image)
+    n = 6
+    zs = enumerate_labellings(2, n)
+    energies = torch.stack([0.5 * (kt * (z[:, None] != z[None, :]).double()).sum() for z in zs])
+    log_prior = -energies - torch.logsumexp(-energies, 0)
+    log_lik = torch.stack([tag_log_likelihood(z.view(1, 2, 3), tags, rate, 2)[0] for z in zs])
+    log_evidence = torch.logsumexp(log_prior + log_lik, 0)
+    log_z = torch.logsumexp(-energies, 0)
+    elbo = tag_log_likelihood_bound(q, tags, rate)[0] - (kl_to_crf_prior(q, image, PARAMS)[0] + log_z)
+    assert elbo.item() <= log_evidence.item() + 1e-9
+    # and the exact posterior attains it: KL(p(z|x,y) || p) - E log p(y|z) = -log p(y|x) by enumeration
+    post = torch.softmax(log_prior + log_lik, 0)
+    exact_elbo = (post * (log_lik + log_prior - torch.log(post))).sum()
+    assert exact_elbo.item() == pytest.approx(log_evidence.item(), abs=1e-9)

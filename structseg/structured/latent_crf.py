@@ -23,6 +23,8 @@ appearance kernel, whose ``Kt[j, j]`` is about the inverse of the number of pixe
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .dense_crf import CRFParams, message_operator
@@ -60,3 +62,52 @@ def kl_to_crf_prior(q: torch.Tensor, image: torch.Tensor, params: CRFParams | No
         raise ValueError(f"q {tuple(q.shape)} and image {tuple(image.shape)} must be (B, K, H, W) and (B, 3, H, W) "
                          "of the same batch and size")
     return negative_entropy(q) + expected_potts_energy(q, image, params)
+
+
+def tag_log_likelihood_bound(q: torch.Tensor, tags: torch.Tensor, rate: torch.Tensor, leak: float = 0.01,
+                             terms: int = 64) -> torch.Tensor:
+    """A lower bound of ``E_q[log p(y | z)]`` per image ``(B,)``, exact up to the series' tail bound.
+
+    The likelihood of the tags is a noisy-OR per class with a leak: each pixel labelled ``k`` reveals class
+    ``k`` with probability ``1 - exp(-rate_k)``, and a class is tagged without any pixel with probability
+    ``leak``:
+
+        p(y_k = 0 | z) = (1 - leak) exp(-rate_k n_k),     n_k = number of pixels with z_j = k.
+
+    Under the factorised ``q``: for an absent tag, ``E log p = log(1 - leak) - rate_k sum_j q_jk`` (exact); for a
+    present tag, with ``c = 1 - leak``, ``log(1 - c e^{-r n}) = -sum_{m >= 1} c^m e^{-m r n} / m`` and
+    ``E_q[e^{-m r n_k}] = prod_j (1 - q_jk (1 - e^{-m r}))`` (independent pixels), so
+
+        E log p = -sum_{m=1..M} c^m / m * P_m  -  tail,     P_m = prod_j (1 - q_jk (1 - e^{-m r_k})),
+
+    with ``M = terms`` and the tail bounded by ``P_{M+1} * sum_{m > M} c^m / m`` (``P_m`` falls with ``m``): a
+    lower bound, so the evidence bound built on it stays one. ``tags`` ``(B, K)`` is multi-hot, ``rate`` ``(K,)``
+    positive, ``q`` ``(B, K, H, W)``.
+    """
+    if not 0 < leak < 1:
+        raise ValueError(f"leak must be in (0, 1), got {leak}")
+    b, k = q.shape[:2]
+    flat = q.flatten(2).to(torch.float64)  # (B, K, N)
+    r = rate.to(flat.dtype).view(1, k, 1)
+    c = 1.0 - leak
+    absent = math.log(c) - rate.to(flat.dtype) * flat.sum(2)  # (B, K)
+    m = torch.arange(1, terms + 2, dtype=flat.dtype, device=flat.device)  # 1..M+1
+    reveal = 1 - torch.exp(-m.view(-1, 1, 1) * r.view(1, k, 1))  # (M+1, K, 1)
+    # log P_m = sum_j log(1 - q_jk (1 - e^{-m r_k})), for m = 1..M+1: (B, M+1, K)
+    log_p = torch.log1p(-(flat.unsqueeze(1) * reveal.unsqueeze(0)).clamp(max=1 - 1e-15)).sum(3)
+    coeff = c ** m[:terms] / m[:terms]  # (M,)
+    tail = -math.log1p(-c) - coeff.sum()  # sum_{m > M} c^m / m
+    present = -(coeff.view(1, -1, 1) * log_p[:, :terms].exp()).sum(1) - log_p[:, terms].exp() * tail
+    tags = tags.to(flat.dtype)
+    return (tags * present + (1 - tags) * absent).sum(1)
+
+
+def tag_log_likelihood(labels: torch.Tensor, tags: torch.Tensor, rate: torch.Tensor, num_classes: int,
+                       leak: float = 0.01) -> torch.Tensor:
+    """``log p(y | z)`` of hard labellings ``labels`` ``(B, H, W)`` (the noisy-OR above, exactly): for tests and
+    for scoring samples."""
+    counts = torch.stack([(labels == c).flatten(1).sum(1) for c in range(num_classes)], 1).to(torch.float64)
+    log_off = math.log(1 - leak) - rate.to(torch.float64) * counts  # log p(y_k = 0 | z)
+    log_on = torch.log1p(-torch.exp(log_off).clamp(max=1 - 1e-15))
+    tags = tags.to(torch.float64)
+    return (tags * log_on + (1 - tags) * log_off).sum(1)
