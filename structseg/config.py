@@ -115,6 +115,22 @@ class TrainConfig:
 
 
 @dataclass
+class WeakConfig:
+    """Weakly supervised training from image-level labels (seed 001's latent CRF): with ``tags`` set (a tags file,
+    see :mod:`structseg.data.tags`), the training images and their tags are read from it alone (no label map is
+    opened) and the loss is the negative evidence bound per pixel, ``(-E_q[log p(y|z)] + kl_weight * KL) / N``
+    (:mod:`structseg.structured.latent_crf`). ``leak``: a tag's probability with no pixel of it; ``min_share``:
+    the share of an image a tagged class must cover before it is explained (caps the likelihood's rates);
+    ``prior``: the dense-CRF kernels of the prior (``smoothness_*``, ``appearance_*`` keys)."""
+
+    tags: str | None = None
+    kl_weight: float = 1.0
+    leak: float = 0.01
+    min_share: float = 0.02
+    prior: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class Config:
     """A whole training recipe."""
 
@@ -124,6 +140,7 @@ class Config:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    weak: WeakConfig = field(default_factory=WeakConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -193,6 +210,9 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.patience": (lambda v: v >= 0, "an integer >= 0 (0: no early stopping)"),
     "train.seed": (lambda v: 0 <= v < 2 ** 63, "an integer >= 0"),
     "train.threads": (lambda v: v >= 0, "an integer >= 0 (0: all cores)"),
+    "weak.kl_weight": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    "weak.leak": (lambda v: _finite(v) and 0 < v < 1, "a number in (0, 1)"),
+    "weak.min_share": (lambda v: _finite(v) and 0 < v <= 1, "a number in (0, 1]"),
 }
 
 

@@ -125,6 +125,12 @@ class TaggedDataset(torch.utils.data.Dataset):
         y[list(self.entries[index].tags)] = 1.0
         return y
 
+    def preload(self, progress: bool = True) -> "TaggedDataset":
+        """Decode every image once, so epochs never touch the files again."""
+        for i in tqdm(range(len(self)), desc="decode tagged images", unit="img", disable=not progress, leave=False):
+            self.load(i)
+        return self
+
     def load(self, index: int) -> np.ndarray:
         if self._images[index] is None:
             self._images[index] = load_image(self.entries[index].image)

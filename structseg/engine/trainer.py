@@ -21,6 +21,7 @@ from .._io import prepare_output_dir, remove_stale_temporaries
 from ..config import Config, save_config
 from ..data.class_weights import enet_weights, median_frequency_weights
 from ..data.dataset import SegmentationDataset
+from ..data.tags import TaggedDataset
 from ..data.layout import read_classes
 from ..data.transforms import EvalTransform, TrainTransform
 from ..errors import CheckpointError, ConfigError, StructsegError
@@ -36,19 +37,25 @@ from .distributed import (
 )
 from .evaluate import evaluate
 from .losses import build_loss
+from .weak import TagObjective
 from .optim import build_optimizer, lr_factor
 from .run_folder import RunLock, check_resume
 from .run_log import RunLog, read_run_log
 from .runtime import amp_dtype, autocast, pick_device, set_threads
 
 
-def build_datasets(cfg: Config, progress: bool = True) -> tuple[SegmentationDataset, SegmentationDataset | None]:
-    """Training set with augmentation and (optional) validation set, decoded into RAM."""
+def build_datasets(cfg: Config, progress: bool = True) -> tuple[SegmentationDataset | TaggedDataset,
+                                                                SegmentationDataset | None]:
+    """Training set with augmentation (images and tags alone with ``weak.tags``) and the (optional) validation
+    set, decoded into RAM."""
     d, a = cfg.data, cfg.augment
     train_tf = TrainTransform(mean=tuple(d.mean), std=tuple(d.std), scale=tuple(a.scale),
                               crop_size=tuple(a.crop_size) if a.crop_size else None, hflip=a.hflip,
                               brightness=a.brightness, contrast=a.contrast, saturation=a.saturation, hue=a.hue)
-    train_ds = SegmentationDataset(d.root, d.train_split, train_tf, cache=d.cache, seed=cfg.train.seed)
+    if cfg.weak.tags:  # weak supervision: images and tags only, no label map is read
+        train_ds = TaggedDataset(d.root, cfg.weak.tags, train_tf, seed=cfg.train.seed)
+    else:
+        train_ds = SegmentationDataset(d.root, d.train_split, train_tf, cache=d.cache, seed=cfg.train.seed)
     train_tf.ignore_index = train_ds.classes.ignore_index
     if len(a.scale) != 2 or not 0 < a.scale[0] <= a.scale[1]:
         raise ConfigError(f"config key 'augment.scale': expected [min, max] with 0 < min <= max, got {a.scale}")
@@ -62,7 +69,8 @@ def build_datasets(cfg: Config, progress: bool = True) -> tuple[SegmentationData
             raise ConfigError(f"{d.val_split} and {d.train_split} use different classes.json")
     progress = progress and is_main()
     train_ds.preload(progress)
-    if d.cache and all((train_ds.load(i)[1] == train_ds.classes.ignore_index).all() for i in range(len(train_ds))):
+    if not cfg.weak.tags and d.cache and all((train_ds.load(i)[1] == train_ds.classes.ignore_index).all()
+                                             for i in range(len(train_ds))):
         raise ConfigError(f"{d.root}/{d.train_split}: every label pixel is the ignore index "
                           f"{train_ds.classes.ignore_index}; there is nothing to train on")
     if val_ds is not None:
@@ -195,13 +203,18 @@ def _train(cfg: Config, out_dir: Path, progress: bool, stop_after_epochs: int | 
     net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                                     else None) if distributed else model
 
-    weights = resolve_class_weights(cfg, train_ds)
+    if cfg.weak.tags and cfg.train.class_weights is not None:
+        raise ConfigError("config key 'train.class_weights': not available with weak.tags (it needs label maps)")
+    weights = None if cfg.weak.tags else resolve_class_weights(cfg, train_ds)
     if weights is not None and report:
         print("class weights:", ", ".join(f"{n}={w:.3f}" for n, w in zip(classes.names, weights.tolist())))
     weights = weights.to(device) if weights is not None else None
     criterion = build_loss(cfg.train.loss, weights, classes.ignore_index)
 
-    optimizer = build_optimizer(model, cfg.optimizer)
+    objective = (TagObjective(c, cfg.weak, tuple(cfg.data.mean), tuple(cfg.data.std)).to(device)
+                 if cfg.weak.tags else None)
+    optimizer = build_optimizer(model if objective is None else torch.nn.ModuleList([model, objective]),
+                                cfg.optimizer)
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16 and device.type == "cuda"))
     bs = cfg.train.batch_size
     steps_per_epoch = len(epoch_batches(len(train_ds), bs, cfg.train.seed, 0))
@@ -211,6 +224,8 @@ def _train(cfg: Config, out_dir: Path, progress: bool, stop_after_epochs: int | 
     if state is not None:
         ts = state["train_state"]
         optimizer.load_state_dict(ts["optimizer"])
+        if objective is not None:
+            objective.load_state_dict(ts["objective"])
         if ts.get("scaler"):
             scaler.load_state_dict(ts["scaler"])
         start_epoch, step = ts["epoch"], ts["step"]
@@ -244,7 +259,8 @@ def _train(cfg: Config, out_dir: Path, progress: bool, stop_after_epochs: int | 
             for g in optimizer.param_groups:
                 g["lr"] = cfg.optimizer.lr * f * g["lr_scale"]
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            unlabelled = not (labels != classes.ignore_index).any()  # every pixel of these crops is ignored
+            # every pixel of these crops is ignored (weak supervision: tags, never empty)
+            unlabelled = objective is None and not (labels != classes.ignore_index).any()
             if unlabelled and not distributed:  # (under DDP every rank must step together: a zero loss instead)
                 skipped += 1
                 step += 1
@@ -255,9 +271,14 @@ def _train(cfg: Config, out_dir: Path, progress: bool, stop_after_epochs: int | 
             with autocast(device, dtype):
                 logits, aux = net(images, return_aux=True)
             # (a CRF-as-RNN model returns log-marginals; log-softmax and softmax leave them as they are)
-            loss = criterion(logits, labels)
-            for a in aux:
-                loss = loss + cfg.train.aux_weight * criterion(a, labels)
+            if objective is not None:  # labels are the images' tags
+                loss = objective(logits, images, labels)
+                for a in aux:
+                    loss = loss + cfg.train.aux_weight * objective(a, images, labels)
+            else:
+                loss = criterion(logits, labels)
+                for a in aux:
+                    loss = loss + cfg.train.aux_weight * criterion(a, labels)
             if unlabelled:
                 skipped += 1
                 loss = logits.float().sum() * 0.0
@@ -302,7 +323,8 @@ def _train(cfg: Config, out_dir: Path, progress: bool, stop_after_epochs: int | 
                 tb.flush()
             train_state = {"epoch": epoch + 1, "step": step, "best_miou": best, "best_epoch": best_epoch,
                            "bad_epochs": bad_epochs, "optimizer": optimizer.state_dict(),
-                           "scaler": scaler.state_dict() if scaler.is_enabled() else None}
+                           "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                           "objective": objective.state_dict() if objective is not None else None}
             save_checkpoint(ckpt_last, {**payload_base, "state_dict": model.state_dict(), "epoch": epoch + 1,
                                         "metrics": metrics, "train_state": train_state})
         barrier()

@@ -1,0 +1,71 @@
+"""Weakly supervised training from tags (seed 001): it runs, resumes, and never reads a training label map."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from structseg.config import config_from_dict
+from structseg.data.layout import read_classes, read_split
+from structseg.data.tags import tags_from_labels, write_tags
+from structseg.engine.checkpoint import load_checkpoint
+from structseg.engine.trainer import train
+from structseg.errors import ConfigError, DataError
+
+from .test_engine import tiny_config
+
+
+def weak_config(root, tags, **train):
+    cfg = tiny_config(root, **train).to_dict()
+    cfg["weak"] = {"tags": str(tags), "kl_weight": 0.1, "min_share": 0.05,
+                   "prior": {"appearance_xy": 20.0, "smoothness_xy": 2.0}}
+    return config_from_dict(cfg)
+
+
+@pytest.fixture
+def tagged_copy(synth_copy, tmp_path):
+    tags = write_tags(tmp_path / "train.tags.txt", tags_from_labels(synth_copy, "train.txt", progress=False),
+                      synth_copy, read_classes(synth_copy))
+    return synth_copy, tags
+
+
+def test_weak_run_trains_resumes_and_keeps_its_likelihood_rates(tagged_copy, tmp_path):
+    root, tags = tagged_copy
+    run = tmp_path / "run"
+    train(weak_config(root, tags, epochs=2), run, progress=False, stop_after_epochs=1)
+    first = load_checkpoint(run / "last.pt")["train_state"]
+    assert first["epoch"] == 1 and first["objective"]["rho"].shape == (5,)
+    summary = train(weak_config(root, tags, epochs=2), run, progress=False)
+    state = load_checkpoint(run / "last.pt")["train_state"]
+    assert state["epoch"] == 2 and math.isfinite(summary["best_miou"])
+    assert not torch.equal(state["objective"]["rho"], first["objective"]["rho"])  # the rates are learned
+
+
+def test_garbage_in_the_training_label_maps_changes_nothing(tagged_copy, tmp_path):
+    root, tags = tagged_copy
+    train(weak_config(root, tags, epochs=1), tmp_path / "a", progress=False)
+    clean = load_checkpoint(tmp_path / "a" / "last.pt")["state_dict"]
+    val_labels = {lab for _, lab in read_split(root, "val.txt")}
+    for _, lab in read_split(root, "train.txt"):
+        if lab not in val_labels:
+            lab.write_bytes(b"garbage, not a PNG")
+    train(weak_config(root, tags, epochs=1), tmp_path / "b", progress=False)
+    dirty = load_checkpoint(tmp_path / "b" / "last.pt")["state_dict"]
+    assert clean.keys() == dirty.keys() and all(torch.equal(clean[k], dirty[k]) for k in clean)
+
+
+def test_weak_config_errors(tagged_copy, tmp_path):
+    root, tags = tagged_copy
+    cfg = weak_config(root, tags)
+    cfg.train.class_weights = "median_frequency"
+    with pytest.raises(ConfigError, match="class_weights.*weak.tags"):
+        train(cfg, tmp_path / "c", progress=False)
+    with pytest.raises(DataError, match="tags file not found"):
+        train(weak_config(root, tmp_path / "missing.txt"), tmp_path / "d", progress=False)
+    with pytest.raises(ConfigError, match="weak.leak"):
+        config_from_dict({"data": {"root": str(root)}, "weak": {"leak": 1.0}})
+    bad = weak_config(root, tags)
+    bad.weak.prior = {"apperance_xy": 3.0}
+    with pytest.raises(ConfigError, match="weak.prior"):
+        train(bad, tmp_path / "e", progress=False)
