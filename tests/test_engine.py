@@ -221,3 +221,14 @@ def test_shipped_checkpoint_is_found_by_name_and_predicts():
     assert out.shape == (1, 11, 45, 61)
     with pytest.raises(CheckpointError, match="shipped"):
         load_checkpoint("camvid-unknown")
+
+
+def test_demo_training_stops_at_its_wall_time_budget_with_a_validated_checkpoint(synth_root, tmp_path):
+    import time as _time
+
+    from structseg.workflows.demo import train_within
+    cfg = tiny_config(synth_root, epochs=6, val_every=2)
+    summary = train_within(cfg, tmp_path / "late", deadline=_time.time() - 1)  # the budget is already spent
+    assert len(_records(tmp_path / "late")) == 2 and summary["best_checkpoint"]
+    summary = train_within(cfg, tmp_path / "ample", deadline=_time.time() + 3600)
+    assert len(_records(tmp_path / "ample")) == 6 and summary["best_epoch"] >= 1
