@@ -138,6 +138,7 @@ def test_eval_with_slide_and_tta_records_its_settings(trained_run, synth_root, t
                  "--panels", "1", "--tile", "48,64", "--quiet"]) == 0  # one tile = the whole 48x64 image
     whole, slide = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("w", "s"))
     assert slide["inference"]["mode"] == "slide" and slide["confusion"] == whole["confusion"]
+    assert whole["boundary_tolerance_px"] == 2 and slide["boundary_f"] == whole["boundary_f"]
     assert main(["eval", str(ckpt), "--data", str(synth_root), "--split", "val.txt", "--out", str(tmp_path / "t"),
                  "--panels", "0", "--tta", "--quiet"]) == 0
     tta = json.loads((tmp_path / "t" / "metrics.json").read_text())

@@ -79,3 +79,36 @@ def test_class_map_is_the_argmax_with_first_index_on_ties():
     assert torch.equal(class_map(scores[0], 0), scores[0].argmax(0))
     tied = torch.tensor([[0.2, 0.7, 0.7, 0.1]]).T[:, :, None]  # (C=4, 1, 1): classes 1 and 2 tie
     assert class_map(tied, 0).item() == 1
+
+
+def test_boundaries_by_hand():
+    from structseg.engine.metrics import boundaries
+    lab = torch.tensor([[0, 0, 1], [0, 0, 1], [9, 9, 1]])
+    edge = boundaries(lab, 9)
+    assert edge.tolist() == [[False, True, True], [False, True, True], [False, False, False]]
+
+
+def test_boundary_f_by_hand():
+    from structseg.engine.metrics import BoundaryF
+    truth = torch.zeros(1, 6, 8, dtype=torch.long)
+    truth[:, :, 4:] = 1                       # a vertical edge between columns 3 and 4
+    pred = torch.zeros(1, 6, 8, dtype=torch.long)
+    pred[:, :, 6:] = 1                        # the edge two columns to the right
+    exact = BoundaryF(255, tolerance=0)
+    exact.update(pred, truth)
+    m = exact.compute()
+    assert m["boundary_precision"] == 0.0 and m["boundary_recall"] == 0.0
+    # boundary pixels: truth columns 3, 4; prediction columns 5, 6 (12 pixels each)
+    near = BoundaryF(255, tolerance=1)        # column 5 is 1 from column 4, column 6 is 2 away: 6 of 12 match
+    near.update(pred, truth)
+    m = near.compute()
+    assert m["boundary_precision"] == pytest.approx(6 / 12) and m["boundary_recall"] == pytest.approx(6 / 12)
+    assert m["boundary_f"] == pytest.approx(0.5)
+    loose = BoundaryF(255, tolerance=2)       # every pixel within 2 of the other edge
+    loose.update(pred, truth)
+    assert loose.compute()["boundary_f"] == 1.0
+    perfect = BoundaryF(255, tolerance=0)
+    perfect.update(truth, truth)
+    assert perfect.compute()["boundary_f"] == 1.0
+    with pytest.raises(ValueError, match="tolerance"):
+        BoundaryF(255, -1)

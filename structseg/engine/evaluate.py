@@ -18,9 +18,9 @@ from .checkpoint import (
     load_checkpoint,
     model_from_checkpoint,
 )
-from .distributed import is_main, rank_slice
+from .distributed import all_reduce_sum, is_main, rank_slice
 from .inference import InferenceSettings, infer_logits
-from .metrics import ConfusionMatrix, class_map
+from .metrics import BoundaryF, ConfusionMatrix, class_map
 
 Refiner = Callable[[torch.Tensor, np.ndarray], torch.Tensor]
 
@@ -44,12 +44,13 @@ def memory_guard(what: str, size: tuple[int, ...]):
 def evaluate(model: torch.nn.Module, dataset: SegmentationDataset, device: torch.device,
              dtype: torch.dtype | None = None, channels_last: bool = False, progress: bool = True,
              desc: str = "eval", refine: Refiner | None = None,
-             inference: InferenceSettings | None = None) -> ConfusionMatrix:
+             inference: InferenceSettings | None = None, boundary: BoundaryF | None = None) -> ConfusionMatrix:
     """Predict every image of ``dataset`` (with an eval transform) and accumulate the confusion matrix.
 
     ``refine(logits, image)`` (e.g. a dense CRF) maps the network's ``(1, C, H, W)`` logits and the
     raw ``uint8 (H, W, 3)`` image to refined scores before the argmax; ``inference`` says how the network is
-    applied (whole image by default, or sliding tiles, with test-time augmentation). Under ``torchrun`` each
+    applied (whole image by default, or sliding tiles, with test-time augmentation); ``boundary``, when given,
+    accumulates the boundary F-score of the same predictions. Under ``torchrun`` each
     process takes a slice of the split and the matrices are summed.
     """
     was_training = model.training
@@ -62,8 +63,13 @@ def evaluate(model: torch.nn.Module, dataset: SegmentationDataset, device: torch
             logits = infer_logits(model, image[None], device, dtype, inference, channels_last)
             if refine is not None:
                 logits = refine(logits, dataset.load(i)[0])
-        cm.update(class_map(logits)[0].cpu(), label)
+        pred = class_map(logits)[0].cpu()
+        cm.update(pred, label)
+        if boundary is not None:
+            boundary.update(pred, label)
     cm.all_reduce()
+    if boundary is not None:
+        boundary.counts = all_reduce_sum(boundary.counts)
     model.train(was_training)
     return cm
 

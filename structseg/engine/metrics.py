@@ -77,3 +77,56 @@ class ConfusionMatrix:
             "precision": precision.tolist(),
             "dice": dice.tolist(),
         }
+
+
+def boundaries(labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """Boolean ``(H, W)``: pixels whose label differs from a 4-neighbour's (ignored pixels are never boundary,
+    nor do they make one)."""
+    lab = labels.long()
+    edge = torch.zeros_like(lab, dtype=torch.bool)
+    valid = lab != ignore_index
+    for a, b in (((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
+                 ((slice(1, None), slice(None)), (slice(None, -1), slice(None)))):
+        differ = (lab[a] != lab[b]) & valid[a] & valid[b]
+        edge[a] |= differ
+        edge[b] |= differ
+    return edge
+
+
+def _dilate(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    if radius == 0:
+        return mask
+    x = mask[None, None].float()
+    return torch.nn.functional.max_pool2d(x, 2 * radius + 1, stride=1, padding=radius)[0, 0] > 0
+
+
+class BoundaryF:
+    """Boundary F-score over a split (Csurka et al. 2013's BF, class-agnostic): a predicted boundary pixel is
+    correct when a ground-truth boundary pixel lies within ``tolerance`` pixels (Chebyshev distance, i.e. a
+    (2t+1) x (2t+1) square), and vice versa for recall; counts are summed over the split, then
+    ``F = 2PR / (P + R)``. Pixels whose truth is ignored are left out of both maps."""
+
+    def __init__(self, ignore_index: int = 255, tolerance: int = 2):
+        if tolerance < 0:
+            raise ValueError(f"boundary tolerance must be >= 0 pixels, got {tolerance}")
+        self.ignore_index, self.tolerance = ignore_index, tolerance
+        self.counts = torch.zeros(4, dtype=torch.int64)  # matched pred, pred, matched truth, truth
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        if pred.shape != target.shape:
+            raise ValueError(f"prediction shape {tuple(pred.shape)} differs from target {tuple(target.shape)}")
+        for p, t in zip(pred.reshape(-1, *pred.shape[-2:]), target.reshape(-1, *target.shape[-2:])):
+            keep = t != self.ignore_index
+            pb = boundaries(torch.where(keep, p.long(), torch.full_like(p.long(), self.ignore_index)),
+                            self.ignore_index)
+            tb = boundaries(t, self.ignore_index)
+            self.counts += torch.stack([(pb & _dilate(tb, self.tolerance)).sum(), pb.sum(),
+                                        (tb & _dilate(pb, self.tolerance)).sum(), tb.sum()]).cpu()
+
+    def compute(self) -> dict:
+        mp, np_, mt, nt = (float(v) for v in self.counts)
+        precision = mp / np_ if np_ else float("nan")
+        recall = mt / nt if nt else float("nan")
+        f = 2 * precision * recall / (precision + recall) if precision + recall > 0 else float("nan")
+        return {"boundary_f": f, "boundary_precision": precision, "boundary_recall": recall,
+                "boundary_tolerance_px": self.tolerance}

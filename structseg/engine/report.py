@@ -16,7 +16,7 @@ from ..structured.crf_postprocess import check_crf_for, crf_refiner
 from ..structured.dense_crf import CRFParams
 from .evaluate import Refiner, evaluate, open_for_evaluation
 from .inference import InferenceSettings, infer_logits
-from .metrics import ConfusionMatrix, class_map
+from .metrics import BoundaryF, ConfusionMatrix, class_map
 from .runtime import amp_dtype, pick_device
 
 
@@ -37,6 +37,8 @@ def metrics_record(cm: ConfusionMatrix, names: list[str]) -> dict:
         "confusion": cm.matrix.tolist(),
     }
 
+
+BOUNDARY_TOLERANCE = 2  # pixels: the band of the boundary F-score in eval's metrics.json
 
 SUMMARY_METRICS = (("miou", "mIoU"), ("mean_acc", "mean class acc"), ("pixel_acc", "pixel acc"))
 
@@ -66,7 +68,8 @@ def format_table(record: dict) -> str:
     for name in record["per_class_iou"]:
         lines.append(f"{name:<16} " + " ".join(_percent(record[k][name], 7) for k, _ in columns))
     lines.append("-" * (17 + 8 * len(columns)))
-    for key, label in SUMMARY_METRICS + (("mean_dice", "mean Dice (F1)"), ("fwiou", "fw IoU")):
+    for key, label in SUMMARY_METRICS + (("mean_dice", "mean Dice (F1)"), ("fwiou", "fw IoU"),
+                                         ("boundary_f", "boundary F")):
         if key in record:
             lines.append(f"{label:<16} {_percent(record[key], 7)}")
     return "\n".join(lines)
@@ -88,13 +91,14 @@ def evaluate_checkpoint(checkpoint: str | Path, root: str | Path, split: str, ou
     dtype = amp_dtype(amp, device)
     model.to(device).eval()
     refine = crf_refiner(crf) if crf is not None else None
+    boundary = BoundaryF(dataset.classes.ignore_index, BOUNDARY_TOLERANCE)
     cm = evaluate(model, dataset, device, dtype, progress=progress, desc=f"eval {split}", refine=refine,
-                  inference=inference)
+                  inference=inference, boundary=boundary)
     names = list(dataset.classes.names)
     record = {"checkpoint": str(checkpoint), "data": str(root), "split": split, "num_images": len(dataset),
               "crf": dataclasses.asdict(crf) if crf is not None else None,
               "inference": dataclasses.asdict(inference) if inference is not None else None,
-              **metrics_record(cm, names)}
+              **metrics_record(cm, names), **{k: _clean(v) for k, v in boundary.compute().items()}}
     print(format_table(record))
     if out is not None:
         write_eval_outputs(record, dataset, model, device, dtype, Path(out), panels, refine, inference)
