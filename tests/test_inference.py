@@ -158,3 +158,27 @@ def trained_run(synth_root, tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
     train(tiny_config(synth_root, epochs=1), run, progress=False)
     return run
+
+
+def test_batched_predict_equals_one_at_a_time_and_saves_probabilities(trained_run, synth_root, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from structseg.cli import main
+    ckpt = str(trained_run / "best.pt")
+    images = str(synth_root / "images")
+    assert main(["predict", ckpt, images, "--out", str(tmp_path / "one"), "--batch", "1", "--amp", "off",
+                 "--quiet"]) == 0
+    assert main(["predict", ckpt, images, "--out", str(tmp_path / "many"), "--batch", "5", "--amp", "off",
+                 "--save-probs", "--quiet"]) == 0
+    names = sorted(p.name for p in (tmp_path / "one" / "labels").glob("*.png"))
+    assert len(names) == 24
+    for n in names:
+        one = np.array(Image.open(tmp_path / "one" / "labels" / n))
+        many = np.array(Image.open(tmp_path / "many" / "labels" / n))
+        assert (one == many).mean() > 0.999
+        probs = np.load(tmp_path / "many" / "probs" / n.replace(".png", ".npy"))
+        assert probs.dtype == np.float16 and probs.shape == (5, *one.shape)
+        np.testing.assert_allclose(probs.astype(np.float32).sum(0), 1.0, atol=5e-3)
+        assert (probs.argmax(0) == many).mean() > 0.99
+    assert main(["predict", ckpt, images, "--out", str(tmp_path / "bad"), "--batch", "0"]) == 2

@@ -22,7 +22,7 @@ from ..structured.crf_postprocess import check_crf_for, crf_refiner
 from ..structured.dense_crf import CRFParams
 from .checkpoint import load_pretrained
 from .evaluate import memory_guard
-from .inference import InferenceSettings, infer_logits, slide_labels
+from .inference import InferenceSettings, forward_logits, infer_logits, slide_labels
 from .metrics import class_map
 from .runtime import amp_dtype, pick_device
 
@@ -94,11 +94,31 @@ class Predictor:
                                 self.device, self.dtype, s.tile, s.overlap, s.batch).numpy()
         return class_map(self.scores(image), 0).numpy().astype(np.uint8)
 
+    def probabilities(self, image: np.ndarray) -> np.ndarray:
+        """``float32 (C, H, W)`` class probabilities: the softmax of the (blended, augmented) logits, or the CRF's
+        marginals when a CRF refines them."""
+        scores = self.scores(image)
+        return (scores if self.refine is not None else torch.softmax(scores, 0)).numpy().astype(np.float32)
+
+    def predict_batch(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        """Class maps of several images; images of one size go through the network in one forward pass when
+        the whole image is used without a CRF or TTA (otherwise one at a time, as :meth:`predict`)."""
+        s = self.inference
+        simple = self.refine is None and (s is None or (s.mode == "whole" and not s.augmented))
+        if not simple or len(images) < 2 or len({im.shape for im in images}) > 1:
+            return [self.predict(im) for im in images]
+        x = torch.stack([normalize(torch.from_numpy(im).permute(2, 0, 1).float().div_(255.0), self.mean, self.std)
+                         for im in images])
+        labels = class_map(forward_logits(self.model, x, self.device, self.dtype), 1).cpu().numpy()
+        return [lab.astype(np.uint8) for lab in labels]
+
 
 def predict_paths(checkpoint: str | Path, inputs: list[str | Path], out: str | Path, progress: bool = True,
                   crf: CRFParams | None = None, amp: str = "auto", skip_bad: bool = False,
-                  inference: InferenceSettings | None = None) -> dict:
-    """Write ``OUT/labels/<stem>.png`` (class indices, palette PNG) and ``OUT/overlays/<stem>.png`` per image.
+                  inference: InferenceSettings | None = None, batch: int = 1, save_probs: bool = False) -> dict:
+    """Write ``OUT/labels/<stem>.png`` (class indices, palette PNG) and ``OUT/overlays/<stem>.png`` per image,
+    and with ``save_probs`` ``OUT/probs/<stem>.npy`` (float16 ``(C, H, W)`` class probabilities, for a CRF or
+    DAE downstream). ``batch`` images of one size share a forward pass.
 
     Each file is written under a temporary name and renamed, so a killed run leaves no partial output
     (and the next run removes the temporaries it left). With ``skip_bad``, an unreadable image is reported
@@ -111,14 +131,37 @@ def predict_paths(checkpoint: str | Path, inputs: list[str | Path], out: str | P
     files = collect_images(inputs)
     check_output_folder(out, inputs, files)
     predictor = Predictor(checkpoint, crf=crf, amp=amp, inference=inference)
+    if batch < 1:
+        raise DataError(f"--batch must be >= 1, got {batch}")
     labels_dir = prepare_output_dir(out / "labels", "output folder")
     overlays_dir = prepare_output_dir(out / "overlays", "output folder")
-    for d in (labels_dir, overlays_dir):
-        remove_stale_temporaries(d)
+    probs_dir = prepare_output_dir(out / "probs", "output folder") if save_probs else None
+    for d in (labels_dir, overlays_dir, probs_dir):
+        if d is not None:
+            remove_stale_temporaries(d)
     skipped: list[tuple[Path, str]] = []
     written = 0
-    bar = tqdm(files, desc="predict", unit="img", disable=not progress, leave=False)
-    for f in bar:
+    bar = tqdm(total=len(files), desc="predict", unit="img", disable=not progress, leave=False)
+
+    def flush(group: list[tuple[Path, np.ndarray]]) -> None:
+        nonlocal written
+        with memory_guard(str(group[0][0]), group[0][1].shape[:2]):
+            labels = predictor.predict_batch([im for _, im in group])
+        for (f, image), label in zip(group, labels):
+            save_png(label, labels_dir / f"{f.stem}.png", palette=predictor.classes.palette)
+            with atomic_path(overlays_dir / f"{f.stem}.png") as tmp:
+                Image.fromarray(overlay(image, label, predictor.classes.palette)).save(tmp, format="PNG")
+            if probs_dir is not None:
+                with memory_guard(str(f), image.shape[:2]):
+                    probs = predictor.probabilities(image).astype(np.float16)
+                with atomic_path(probs_dir / f"{f.stem}.npy") as tmp:
+                    with open(tmp, "wb") as fh:
+                        np.save(fh, probs)
+            written += 1
+            bar.update(1)
+
+    group: list[tuple[Path, np.ndarray]] = []
+    for f in files:
         try:
             image = load_image(f)
         except DataError as e:
@@ -126,11 +169,13 @@ def predict_paths(checkpoint: str | Path, inputs: list[str | Path], out: str | P
                 raise DataError(f"{e} (pass --skip-bad to report and skip unreadable files)") from None
             skipped.append((f, str(e)))
             tqdm.write(f"skipped: {e}")
+            bar.update(1)
             continue
-        with memory_guard(str(f), image.shape[:2]):
-            label = predictor.predict(image)
-        save_png(label, labels_dir / f"{f.stem}.png", palette=predictor.classes.palette)
-        with atomic_path(overlays_dir / f"{f.stem}.png") as tmp:
-            Image.fromarray(overlay(image, label, predictor.classes.palette)).save(tmp, format="PNG")
-        written += 1
+        if group and (len(group) == batch or group[0][1].shape != image.shape):
+            flush(group)
+            group = []
+        group.append((f, image))
+    if group:
+        flush(group)
+    bar.close()
     return {"written": written, "skipped": skipped}
