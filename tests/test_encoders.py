@@ -161,3 +161,21 @@ def test_every_encoder_decoder_model_takes_any_backbone():
             model = create_model(name, 4, backbone=backbone).eval()
             with torch.no_grad():
                 assert model(x).shape == (1, 4, 50, 70), (name, backbone)
+
+
+def test_pretrained_first_convolution_adapts_to_any_number_of_input_channels():
+    import torch
+
+    from structseg.models.backbones import create_encoder, installed_weights
+    from structseg.models.weights import adapt_input_channels
+    rgb = create_encoder("efficientnet_lite0", 3, pretrained=True).eval()
+    grey = create_encoder("efficientnet_lite0", 1, pretrained=True).eval()
+    four = create_encoder("efficientnet_lite0", 4, pretrained=True).eval()
+    w = torch.load(installed_weights("efficientnet_lite0"), weights_only=True)["_conv_stem.weight"]
+    torch.testing.assert_close(grey.state_dict()["_conv_stem.weight"], w.sum(1, keepdim=True))
+    torch.testing.assert_close(four.state_dict()["_conv_stem.weight"][:, 3], w[:, 0] * 0.75)
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():  # a grey image through the 1-channel encoder = its RGB copy through the RGB one
+        for a, b in zip(grey(x), rgb(x.expand(1, 3, 64, 64))):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert adapt_input_channels(torch.ones(2, 3, 1, 1), 6).sum().item() == pytest.approx(2 * 3)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+import torch
 import torch.nn as nn
 
 from .._io import load_torch_file
@@ -12,6 +13,16 @@ from ..errors import CheckpointError
 
 def _listed(keys: list[str]) -> str:
     return f"{keys[:4]}{' ...' if len(keys) > 4 else ''}"
+
+
+def adapt_input_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:
+    """An RGB first convolution ``(out, 3, k, k)`` for ``channels`` inputs, as segmentation_models.pytorch does:
+    one channel gets the sum over RGB (a grey image then gives the response to its RGB copy); more channels
+    repeat R, G, B cyclically, scaled by ``3 / channels`` so the response to a constant input keeps its size."""
+    if channels == 1:
+        return weight.sum(1, keepdim=True)
+    idx = torch.arange(channels) % 3
+    return weight[:, idx] * (3.0 / channels)
 
 
 def load_state_dict_file(module: nn.Module, path: str | Path, what: str, reshape: bool = False,
@@ -37,6 +48,9 @@ def load_state_dict_file(module: nn.Module, path: str | Path, what: str, reshape
     new = {}
     for k, v in own.items():
         w = state[k]
+        if w.dim() == 4 and v.dim() == 4 and w.shape[1] == 3 and v.shape[1] != 3 and (
+                w.shape[0], *w.shape[2:]) == (v.shape[0], *v.shape[2:]):
+            w = adapt_input_channels(w, v.shape[1])
         if w.shape != v.shape and not (reshape and w.numel() == v.numel()):
             raise CheckpointError(f"{path}: {k} has shape {tuple(w.shape)}; expected {tuple(v.shape)} "
                                   "(the first convolution must match in_channels)")
