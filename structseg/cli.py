@@ -213,6 +213,16 @@ def cmd_export(a: argparse.Namespace) -> None:
     from .workflows.dae import export_dae, read_chosen
     kind, _ = read_checkpoint(a.checkpoint)
     check_export_destination(resolve_checkpoint(a.checkpoint, kind), a.out)
+    if str(a.out).endswith(".onnx"):
+        from .engine.onnx_export import export_onnx
+        if kind != "segmenter" or a.chosen:
+            raise ConfigError("ONNX export takes a segmentation checkpoint (no --chosen, no DAE)")
+        meta = export_onnx(a.checkpoint, a.out)
+        checked = (f"; ONNX Runtime matches PyTorch to {meta['max_abs_diff']:.1e}" if "max_abs_diff" in meta
+                   else "; not checked (onnxruntime is not installed)")
+        print(f"wrote {a.out} ({Path(a.out).stat().st_size / 2 ** 20:.1f} MiB, model {meta['model']['name']}, "
+              f"dynamic batch/height/width{checked})")
+        return
     if kind == "dae":
         payload = export_dae(a.checkpoint, a.out, half=not a.fp32, chosen=read_chosen(a.chosen) if a.chosen else None)
         what = f"DAE on segmenter {payload['segmenter']}" + (f", chosen {payload['chosen']}" if a.chosen else "")

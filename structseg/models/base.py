@@ -37,7 +37,7 @@ class SegmentationModel(nn.Module):
         h, w = x.shape[-2:]
         s = self.stride
         ph, pw = (-h) % s, (-w) % s
-        if ph or pw:
+        if torch.jit.is_tracing() or torch.compiler.is_compiling() or ph or pw:  # exported graphs always pad
             mode = "reflect" if ph < h and pw < w else "replicate"
             x = F.pad(x, (0, pw, 0, ph), mode=mode)
         size = x.shape[-2:]

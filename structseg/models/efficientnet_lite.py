@@ -48,10 +48,11 @@ class SameConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.stride[0]
-        if s > 1:
+        if s > 1:  # TF: total pad (ceil(n / s) - 1) s + k - n = k - s + (-n mod s), integer ops only (traceable)
             k = (self.kernel_size[0] - 1) * self.dilation[0] + 1
-            ph = max((math.ceil(x.shape[-2] / s) - 1) * s + k - x.shape[-2], 0)
-            pw = max((math.ceil(x.shape[-1] / s) - 1) * s + k - x.shape[-1], 0)
+            ph, pw = k - s + (-x.shape[-2]) % s, k - s + (-x.shape[-1]) % s
+            if k < s:
+                ph, pw = max(ph, 0), max(pw, 0)
             x = F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
         return super().forward(x)
 

@@ -1,0 +1,88 @@
+"""``structseg export CKPT model.onnx``: the network as an ONNX graph with dynamic batch, height and width.
+
+Exported with PyTorch's dynamo-based exporter (``torch.onnx.export(..., dynamo=True)``); the classes, palette
+and normalisation ride along as metadata (``structseg`` key, JSON), so the file is usable without the
+checkpoint. When ONNX Runtime is installed (``pip install -e ".[onnx]"``), the export is checked at once:
+the file's logits against PyTorch's on a batch of another size. Structured layers do not export: CRF-as-RNN
+builds a permutohedral lattice whose size depends on the image's colours, and the dual-decomposition CRF
+unrolls its chains site by site in Python, a loop whose length is the image's size.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+from .._io import atomic_path
+from ..errors import StructsegError
+from .checkpoint import (
+    checkpoint_classes,
+    checkpoint_normalization,
+    load_checkpoint,
+    model_from_checkpoint,
+)
+
+ONNX_TOLERANCE = 1e-3  # max |logit difference| accepted between ONNX Runtime and PyTorch (float32)
+
+
+def _require(module: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise StructsegError(f"ONNX export needs the {module} package: pip install -e \".[onnx]\"") from None
+
+
+def onnx_metadata(path: str | Path) -> dict:
+    """The ``structseg`` metadata of an exported file: model spec, classes, normalisation."""
+    onnx = _require("onnx")
+    model = onnx.load(str(path), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    if "structseg" not in props:
+        raise StructsegError(f"{path}: not an ONNX file exported by structseg (no 'structseg' metadata)")
+    return json.loads(props["structseg"])
+
+
+def export_onnx(checkpoint: str | Path, out: str | Path, check: bool = True) -> dict:
+    """Export; returns the metadata written, plus ``max_abs_diff`` when ONNX Runtime checked the file."""
+    onnx = _require("onnx")
+    _require("onnxscript")
+    ckpt = load_checkpoint(checkpoint)
+    if ckpt["model"].get("crf") is not None:
+        raise StructsegError(f"{checkpoint}: model.crf ({ckpt['model']['crf'].get('kind', 'mean_field')}) does not "
+                             "export to ONNX: the structured layers' loops and lattice depend on the image (see "
+                             "structseg/engine/onnx_export.py); export the network without it")
+    model = model_from_checkpoint(ckpt, checkpoint).eval()
+    mean, std = checkpoint_normalization(ckpt, checkpoint)
+    meta = {"model": ckpt["model"], "classes": checkpoint_classes(ckpt).to_dict(),
+            "normalization": {"mean": list(mean), "std": list(std)}}
+    dim = torch.export.Dim
+    shapes = {"x": {0: dim("batch", min=1, max=256), 2: dim("height", min=32, max=16384),
+                    3: dim("width", min=32, max=16384)}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model, (torch.randn(2, 3, 64, 96),), dynamo=True, input_names=["image"],
+                                    output_names=["logits"], dynamic_shapes=shapes, verbose=False)
+    proto = program.model_proto
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "structseg", json.dumps(meta)
+    with atomic_path(out) as tmp:
+        onnx.save(proto, str(tmp))
+    if check:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return meta
+        session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        x = torch.randn(3, 3, 75, 101, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            ref = model(x).numpy()
+        got = session.run(None, {"image": x.numpy()})[0]
+        diff = float(abs(got - ref).max())
+        if not diff <= ONNX_TOLERANCE:
+            Path(out).unlink(missing_ok=True)
+            raise StructsegError(f"{out}: ONNX Runtime's logits differ from PyTorch's by {diff:.2e} (> "
+                                 f"{ONNX_TOLERANCE}); the file was removed")
+        meta = {**meta, "max_abs_diff": diff}
+    return meta

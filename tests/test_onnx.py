@@ -1,0 +1,56 @@
+"""ONNX export: the file runs in ONNX Runtime at other batch sizes and image sizes and matches PyTorch."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(synth_root, tmp_path_factory):
+    from structseg.engine.trainer import train
+
+    from .test_engine import tiny_config
+    run = tmp_path_factory.mktemp("onnx_run")
+    train(tiny_config(synth_root, epochs=1), run, progress=False)
+    return run / "best.pt"
+
+
+def test_export_runs_in_onnx_runtime_at_any_size_with_its_metadata(tiny_run, tmp_path, capsys):
+    from structseg.cli import main
+    from structseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from structseg.engine.onnx_export import ONNX_TOLERANCE, onnx_metadata
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(tiny_run), str(out)]) == 0
+    assert "ONNX Runtime matches PyTorch" in capsys.readouterr().out
+    ckpt = load_checkpoint(tiny_run)
+    model = model_from_checkpoint(ckpt).eval()
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    g = torch.Generator().manual_seed(1)
+    for shape in ((1, 3, 48, 64), (2, 3, 37, 53), (4, 3, 96, 33)):
+        x = torch.randn(*shape, generator=g)
+        with torch.no_grad():
+            ref = model(x).numpy()
+        got = session.run(None, {"image": x.numpy()})[0]
+        assert got.shape == ref.shape and np.abs(got - ref).max() < ONNX_TOLERANCE
+    meta = onnx_metadata(out)
+    assert meta["classes"]["classes"] == ckpt["classes"]["classes"] and meta["model"]["name"] == "unet"
+
+
+def test_structured_layers_and_daes_do_not_export(synth_root, tmp_path, capsys):
+    from structseg.cli import main
+    from structseg.config import config_from_dict
+    from structseg.engine.trainer import train
+
+    from .test_engine import tiny_config
+    cfg = tiny_config(synth_root, epochs=1).to_dict()
+    cfg["model"]["crf"] = {"kind": "dual_decomposition", "iterations": 2}
+    train(config_from_dict(cfg), tmp_path / "dd", progress=False)
+    assert main(["export", str(tmp_path / "dd" / "best.pt"), str(tmp_path / "dd.onnx")]) == 2
+    assert "does not export to ONNX" in capsys.readouterr().err
+    assert main(["export", "camvid-unet-dae", str(tmp_path / "dae.onnx")]) == 2
+    assert "segmentation checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "dd.onnx").exists()
