@@ -160,22 +160,24 @@ def predict_paths(checkpoint: str | Path, inputs: list[str | Path], out: str | P
             written += 1
             bar.update(1)
 
-    group: list[tuple[Path, np.ndarray]] = []
-    for f in files:
-        try:
-            image = load_image(f)
-        except DataError as e:
-            if not skip_bad:
-                raise DataError(f"{e} (pass --skip-bad to report and skip unreadable files)") from None
-            skipped.append((f, str(e)))
-            tqdm.write(f"skipped: {e}")
-            bar.update(1)
-            continue
-        if group and (len(group) == batch or group[0][1].shape != image.shape):
+    try:  # the bar is cleared before any error is printed
+        group: list[tuple[Path, np.ndarray]] = []
+        for f in files:
+            try:
+                image = load_image(f)
+            except DataError as e:
+                if not skip_bad:
+                    raise DataError(f"{e} (pass --skip-bad to report and skip unreadable files)") from None
+                skipped.append((f, str(e)))
+                tqdm.write(f"skipped: {e}")
+                bar.update(1)
+                continue
+            if group and (len(group) == batch or group[0][1].shape != image.shape):
+                flush(group)
+                group = []
+            group.append((f, image))
+        if group:
             flush(group)
-            group = []
-        group.append((f, image))
-    if group:
-        flush(group)
-    bar.close()
+    finally:
+        bar.close()
     return {"written": written, "skipped": skipped}
