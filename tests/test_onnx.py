@@ -22,7 +22,8 @@ def tiny_run(synth_root, tmp_path_factory):
 def test_export_runs_in_onnx_runtime_at_any_size_with_its_metadata(tiny_run, tmp_path, capsys):
     from structseg.cli import main
     from structseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
-    from structseg.engine.onnx_export import ONNX_TOLERANCE, onnx_metadata
+    from structseg.engine.onnx_export import ONNX_TOLERANCE
+    from structseg.engine.onnx_model import onnx_metadata
     out = tmp_path / "m.onnx"
     assert main(["export", str(tiny_run), str(out)]) == 0
     assert "ONNX Runtime matches PyTorch" in capsys.readouterr().out
@@ -54,3 +55,19 @@ def test_structured_layers_and_daes_do_not_export(synth_root, tmp_path, capsys):
     assert main(["export", "camvid-unet-dae", str(tmp_path / "dae.onnx")]) == 2
     assert "segmentation checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "dd.onnx").exists()
+
+
+def test_predict_runs_an_exported_onnx_file(tiny_run, synth_root, tmp_path):
+    from PIL import Image
+
+    from structseg.cli import main
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(tiny_run), str(out)]) == 0
+    images = str(synth_root / "images")
+    assert main(["predict", str(tiny_run), images, "--out", str(tmp_path / "pt"), "--amp", "off", "--quiet"]) == 0
+    assert main(["predict", str(out), images, "--out", str(tmp_path / "onnx"), "--quiet"]) == 0
+    assert main(["predict", str(out), images, "--out", str(tmp_path / "tiles"), "--tile", "32,32", "--quiet"]) == 0
+    for f in sorted((tmp_path / "pt" / "labels").glob("*.png")):
+        a = np.array(Image.open(f))
+        assert (a == np.array(Image.open(tmp_path / "onnx" / "labels" / f.name))).mean() > 0.999
+    assert len(list((tmp_path / "tiles" / "labels").glob("*.png"))) == 24

@@ -205,7 +205,11 @@ def load_pretrained(name_or_path: str | Path, device: torch.device | str | None 
     """A trained segmentation network ready for inference: a shipped model by name (``structseg models
     --pretrained``) or a checkpoint file. The module is in eval mode and carries what using it needs:
     ``classes`` (:class:`ClassInfo`: names, palette, ignore_index), ``normalization`` (mean, std of
-    ``(x / 255 - mean) / std``, per RGB channel) and ``metrics`` (as recorded when it was exported, or {})."""
+    ``(x / 255 - mean) / std``, per RGB channel) and ``metrics`` (as recorded when it was exported, or {}).
+    An ``.onnx`` file from ``structseg export`` is run by ONNX Runtime behind the same interface."""
+    if str(name_or_path).endswith(".onnx"):
+        from .onnx_model import OnnxModel
+        return OnnxModel(name_or_path)
     ckpt = load_checkpoint(name_or_path)
     model = model_from_checkpoint(ckpt, name_or_path)
     model.classes = checkpoint_classes(ckpt)

@@ -23,31 +23,15 @@ from .checkpoint import (
     load_checkpoint,
     model_from_checkpoint,
 )
+from .onnx_model import require_package
 
 ONNX_TOLERANCE = 1e-3  # max |logit difference| accepted between ONNX Runtime and PyTorch (float32)
 
 
-def _require(module: str):
-    try:
-        return __import__(module)
-    except ImportError:
-        raise StructsegError(f"ONNX export needs the {module} package: pip install -e \".[onnx]\"") from None
-
-
-def onnx_metadata(path: str | Path) -> dict:
-    """The ``structseg`` metadata of an exported file: model spec, classes, normalisation."""
-    onnx = _require("onnx")
-    model = onnx.load(str(path), load_external_data=False)
-    props = {p.key: p.value for p in model.metadata_props}
-    if "structseg" not in props:
-        raise StructsegError(f"{path}: not an ONNX file exported by structseg (no 'structseg' metadata)")
-    return json.loads(props["structseg"])
-
-
 def export_onnx(checkpoint: str | Path, out: str | Path, check: bool = True) -> dict:
     """Export; returns the metadata written, plus ``max_abs_diff`` when ONNX Runtime checked the file."""
-    onnx = _require("onnx")
-    _require("onnxscript")
+    onnx = require_package("onnx")
+    require_package("onnxscript")
     ckpt = load_checkpoint(checkpoint)
     if ckpt["model"].get("crf") is not None:
         raise StructsegError(f"{checkpoint}: model.crf ({ckpt['model']['crf'].get('kind', 'mean_field')}) does not "
