@@ -121,13 +121,17 @@ class WeakConfig:
     opened) and the loss is the negative evidence bound per pixel, ``(-E_q[log p(y|z)] + kl_weight * KL) / N``
     (:mod:`structseg.structured.latent_crf`). ``leak``: a tag's probability with no pixel of it; ``min_share``:
     the share of an image a tagged class must cover before it is explained (caps the likelihood's rates);
-    ``prior``: the dense-CRF kernels of the prior (``smoothness_*``, ``appearance_*`` keys)."""
+    ``prior``: the dense-CRF kernels of the prior (``smoothness_*``, ``appearance_*`` keys). ``method:
+    expand_constrain`` trains the baseline instead (SEC's expand and constrain losses, the latter's CRF
+    with the ``prior`` kernels, :mod:`structseg.structured.seed_expand_constrain`)."""
 
     tags: str | None = None
+    method: Literal["latent_crf", "expand_constrain"] = "latent_crf"  # the seed's bound, or the SEC baseline
     kl_weight: float = 1.0
     leak: float = 0.01
     min_share: float = 0.02
     prior: dict[str, Any] = field(default_factory=dict)
+    gwrp_decay: float = 0.996  # expand_constrain: the rank-pooling decay on a 41 x 41 grid (rescaled to others)
 
 
 @dataclass
@@ -213,6 +217,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "weak.kl_weight": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
     "weak.leak": (lambda v: _finite(v) and 0 < v < 1, "a number in (0, 1)"),
     "weak.min_share": (lambda v: _finite(v) and 0 < v <= 1, "a number in (0, 1]"),
+    "weak.gwrp_decay": (lambda v: _finite(v) and 0 < v <= 1, "a number in (0, 1]"),
 }
 
 

@@ -55,6 +55,16 @@ def test_garbage_in_the_training_label_maps_changes_nothing(tagged_copy, tmp_pat
     assert clean.keys() == dirty.keys() and all(torch.equal(clean[k], dirty[k]) for k in clean)
 
 
+def test_the_expand_constrain_baseline_trains_from_tags(tagged_copy, tmp_path):
+    root, tags = tagged_copy
+    cfg = weak_config(root, tags, epochs=1)
+    cfg.weak.method = "expand_constrain"
+    cfg.weak.prior = {"iterations": 2, "appearance_xy": 20.0}
+    summary = train(cfg, tmp_path / "sec", progress=False)
+    assert math.isfinite(summary["best_miou"])
+    assert load_checkpoint(tmp_path / "sec" / "last.pt")["train_state"]["objective"] == {}
+
+
 def test_weak_config_errors(tagged_copy, tmp_path):
     root, tags = tagged_copy
     cfg = weak_config(root, tags)

@@ -37,7 +37,7 @@ from .distributed import (
 )
 from .evaluate import evaluate
 from .losses import build_loss
-from .weak import TagObjective
+from .weak import build_objective
 from .optim import build_optimizer, lr_factor
 from .run_folder import RunLock, check_resume
 from .run_log import RunLog, read_run_log
@@ -211,7 +211,7 @@ def _train(cfg: Config, out_dir: Path, progress: bool, stop_after_epochs: int | 
     weights = weights.to(device) if weights is not None else None
     criterion = build_loss(cfg.train.loss, weights, classes.ignore_index)
 
-    objective = (TagObjective(c, cfg.weak, tuple(cfg.data.mean), tuple(cfg.data.std)).to(device)
+    objective = (build_objective(c, cfg.weak, tuple(cfg.data.mean), tuple(cfg.data.std)).to(device)
                  if cfg.weak.tags else None)
     optimizer = build_optimizer(model if objective is None else torch.nn.ModuleList([model, objective]),
                                 cfg.optimizer)

@@ -1,4 +1,5 @@
-"""The weakly supervised objective (seed 001): the negative evidence bound of the latent CRF, per pixel.
+"""The weakly supervised objectives: seed 001's negative evidence bound of the latent CRF, per pixel, and the
+expand / constrain baseline (:class:`ExpandConstrainObjective`).
 
 ``loss = (-E_q[log p(y | z)] + kl_weight * KL(q || p_CRF)) / N`` for each image of ``N`` pixels, averaged over
 the batch, where ``q`` is the network's softmax, ``y`` the image's tags, ``p(y | z)`` the noisy-OR likelihood
@@ -15,16 +16,32 @@ from ..config import WeakConfig
 from ..errors import ConfigError
 from ..structured.dense_crf import CRFParams
 from ..structured.latent_crf import kl_to_crf_prior, tag_log_likelihood_bound
+from ..structured.seed_expand_constrain import constrain_loss, expand_loss
+
+
+def _rgb(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return ((images.float() * std + mean) * 255.0).clamp(0, 255)
+
+
+def _crf_params(settings: dict, **defaults) -> CRFParams:
+    try:
+        params = CRFParams(**{**defaults, **settings})
+        params.validate()
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config key 'weak.prior': {e}") from None
+    return params
+
+
+def build_objective(num_classes: int, cfg: WeakConfig, mean: tuple[float, ...], std: tuple[float, ...]) -> nn.Module:
+    """The objective ``weak.method`` names: the seed's bound or the expand / constrain baseline."""
+    cls = TagObjective if cfg.method == "latent_crf" else ExpandConstrainObjective
+    return cls(num_classes, cfg, mean, std)
 
 
 class TagObjective(nn.Module):
     def __init__(self, num_classes: int, cfg: WeakConfig, mean: tuple[float, ...], std: tuple[float, ...]):
         super().__init__()
-        try:
-            self.prior = CRFParams(**{"iterations": 1, **cfg.prior})
-            self.prior.validate()
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"config key 'weak.prior': {e}") from None
+        self.prior = _crf_params(cfg.prior, iterations=1)  # the KL needs the kernels, not iterations
         self.cfg = cfg
         self.rho = nn.Parameter(torch.zeros(num_classes))
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
@@ -37,8 +54,25 @@ class TagObjective(nn.Module):
         """``logits`` ``(B, K, H, W)``, normalised ``images`` ``(B, 3, H, W)``, multi-hot ``tags`` ``(B, K)``."""
         with torch.autocast(logits.device.type, enabled=False):
             q = torch.softmax(logits.float(), 1)
-            rgb = ((images.float() * self.std + self.mean) * 255.0).clamp(0, 255)
+            rgb = _rgb(images, self.mean, self.std)
             pixels = q.shape[-2] * q.shape[-1]
             bound = tag_log_likelihood_bound(q, tags, self.rates(pixels), self.cfg.leak)
             kl = kl_to_crf_prior(q, rgb, self.prior)
             return ((-bound + self.cfg.kl_weight * kl) / pixels).mean().float()
+
+
+class ExpandConstrainObjective(nn.Module):
+    """The baseline: SEC's expand + constrain losses per image, averaged over the batch (no learned parameter)."""
+
+    def __init__(self, num_classes: int, cfg: WeakConfig, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.cfg, self.params = cfg, _crf_params(cfg.prior)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, logits: torch.Tensor, images: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(logits.device.type, enabled=False):
+            probs = torch.softmax(logits.float(), 1)
+            expand = expand_loss(probs, tags, self.cfg.gwrp_decay)
+            constrain = constrain_loss(logits, _rgb(images, self.mean, self.std), tags, self.params)
+            return (expand + constrain).mean()
