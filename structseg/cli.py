@@ -44,6 +44,15 @@ def cmd_data_tags(a: argparse.Namespace) -> None:
           f"{100 * a.min_share:g} % of an image's labelled pixels)")
 
 
+def cmd_data_pseudo(a: argparse.Namespace) -> None:
+    from .structured.crf_postprocess import load_crf_params
+    from .workflows.pseudo_labels import write_pseudo_labels
+    out = write_pseudo_labels(a.checkpoint, a.root, a.tags, a.out, load_crf_params(a.crf or None, a.crf_set or []),
+                              progress=not a.quiet)
+    print(f"wrote {out} (train.txt, labels/, classes.json): train on it with data.root={out} data.val_split=null "
+          f"(or give the original validation split by its absolute path)")
+
+
 def cmd_train(a: argparse.Namespace) -> None:
     from .config import load_config
     from .engine.trainer import train
@@ -324,6 +333,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a class is a tag when it covers at least this share of the labelled pixels (0.01)")
     tg.add_argument("--quiet", action="store_true")
     tg.set_defaults(func=cmd_data_tags)
+    ps = dsub.add_parser("pseudo-labels", help="label tagged images with a network + tag-restricted dense CRF")
+    ps.add_argument("checkpoint", help="a network trained from tags (e.g. weak.method expand_constrain)")
+    ps.add_argument("root", help="the dataset root the tags file's images are relative to")
+    ps.add_argument("--tags", required=True, help="the tags file of the images to label")
+    ps.add_argument("--out", required=True, help="new folder for the pseudo-labelled dataset")
+    ps.add_argument("--crf", metavar="FILE", help="dense-CRF settings (YAML); default Krähenbühl's")
+    ps.add_argument("--crf-set", action="append", metavar="KEY=VALUE", help="override a CRF setting")
+    ps.add_argument("--quiet", action="store_true")
+    ps.set_defaults(func=cmd_data_pseudo)
 
     from .data.converters import KINDS
     cv = sub.add_parser("convert", help="convert a dataset from its original layout into the unified layout",

@@ -79,3 +79,28 @@ def test_weak_config_errors(tagged_copy, tmp_path):
     bad.weak.prior = {"apperance_xy": 3.0}
     with pytest.raises(ConfigError, match="weak.prior"):
         train(bad, tmp_path / "e", progress=False)
+
+
+def test_pseudo_labels_use_only_each_images_tags_and_form_a_dataset(tagged_copy, tmp_path):
+    import numpy as np
+
+    from structseg.cli import main
+    from structseg.data.dataset import SegmentationDataset
+    from structseg.data.tags import read_tags
+    root, tags = tagged_copy
+    cfg = weak_config(root, tags, epochs=1)
+    cfg.weak.method = "expand_constrain"
+    cfg.weak.prior = {"iterations": 2}
+    train(cfg, tmp_path / "sec", progress=False)
+    out = tmp_path / "pseudo"
+    assert main(["data", "pseudo-labels", str(tmp_path / "sec" / "best.pt"), str(root), "--tags", str(tags),
+                 "--out", str(out), "--crf-set", "iterations=2", "--quiet"]) == 0
+    ds = SegmentationDataset(out, "train.txt")
+    entries = read_tags(root, tags)
+    assert len(ds) == len(entries)
+    for i, e in enumerate(entries):
+        image, label = ds.load(i)
+        assert set(np.unique(label).tolist()) <= set(e.tags)  # never a class the image is not tagged with
+        assert image.shape[:2] == label.shape
+    assert main(["data", "pseudo-labels", str(tmp_path / "sec" / "best.pt"), str(root), "--tags", str(tags),
+                 "--out", str(out)]) == 2  # an existing folder is never overwritten
