@@ -1,0 +1,74 @@
+"""Training-step time of a network with and without the dual-decomposition CRF layer (seed 002's 1.3x target).
+
+    python benchmarks/dd_training_step.py [--batch 4] [--crop 352] [--threads 1] [--repeats 3]
+
+Full steps (bf16 autocast forward, cross-entropy, backward, SGD update) on random batches, channels-last,
+11 classes, each candidate stepped in turn (so a busy machine slows every candidate alike), median of
+``--repeats`` after one warm-up step each. Candidates: DeepLabV3 on EfficientNet-Lite2 at output stride 16
+(the seed's network; the layer on its stride-16 logits) and FPN on Lite2 (the layer on its stride-4 grid,
+and pooled to stride 8).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from structseg.engine.checkpoint import build_model
+
+DD = {"kind": "dual_decomposition"}
+CANDIDATES = {
+    "deeplabv3 os16": ("deeplabv3", {"backbone": "efficientnet_lite2", "output_stride": 16}, None),
+    "deeplabv3 os16 + dd": ("deeplabv3", {"backbone": "efficientnet_lite2", "output_stride": 16}, DD),
+    "fpn": ("fpn", {"backbone": "efficientnet_lite2", "decoder_channels": 128}, None),
+    "fpn + dd (stride 4)": ("fpn", {"backbone": "efficientnet_lite2", "decoder_channels": 128}, DD),
+    "fpn + dd (stride 8)": ("fpn", {"backbone": "efficientnet_lite2", "decoder_channels": 128}, {**DD, "grid_stride": 8}),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--crop", type=int, default=352)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    models, opts = {}, {}
+    for name, (arch, args, crf) in CANDIDATES.items():
+        spec = {"name": arch, "args": args, "num_classes": 11, **({"crf": crf} if crf else {})}
+        models[name] = build_model(spec, (0.5,) * 3, (0.5,) * 3).train().to(memory_format=torch.channels_last)
+        opts[name] = torch.optim.SGD(models[name].parameters(), lr=1e-4)
+    x = torch.randn(a.batch, 3, a.crop, a.crop).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 11, (a.batch, a.crop, a.crop))
+
+    def step(name: str) -> float:
+        t = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = models[name](x)
+        loss = F.cross_entropy(out.float(), y)
+        opts[name].zero_grad()
+        loss.backward()
+        opts[name].step()
+        return time.perf_counter() - t
+
+    for name in models:
+        step(name)
+    times = {name: [] for name in models}
+    for _ in range(a.repeats):
+        for name in models:
+            times[name].append(step(name))
+    print(f"batch {a.batch} at {a.crop}x{a.crop}, {a.threads} thread(s), median of {a.repeats}")
+    print("| network | s / step | vs. without the layer |")
+    print("|---|---|---|")
+    for name, v in times.items():
+        base = "deeplabv3 os16" if name.startswith("deeplabv3") else "fpn"
+        ratio = statistics.median(v) / statistics.median(times[base])
+        print(f"| {name} | {statistics.median(v):.2f} | {ratio:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
