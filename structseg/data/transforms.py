@@ -16,10 +16,15 @@ import torch.nn.functional as F
 from ..config import IMAGENET_MEAN, IMAGENET_STD
 
 
+def image_tensor01(image: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A ``uint8 (H, W, 3)`` image (array or tensor) -> float ``(3, H, W)`` in [0, 1]."""
+    img = torch.from_numpy(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image
+    return img.permute(2, 0, 1).float().div_(255.0)
+
+
 def to_tensors(image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """``uint8 (H,W,3)``, ``(H,W)`` arrays -> float ``(3,H,W)`` in [0, 1] and int64 ``(H,W)``."""
-    img = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
-    return img, torch.from_numpy(label.astype(np.int64))
+    return image_tensor01(image), torch.from_numpy(label.astype(np.int64))
 
 
 def resize(image: torch.Tensor, label: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,6 +90,17 @@ def normalize(image: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ..
     m = image.new_tensor(mean)[:, None, None]
     s = image.new_tensor(std)[:, None, None]
     return (image - m) / s
+
+
+def network_input(image: np.ndarray | torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """A ``uint8 (H, W, 3)`` image -> the normalised float ``(3, H, W)`` a network takes."""
+    return normalize(image_tensor01(image), mean, std)
+
+
+def rgb255(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Normalised network inputs ``(B, 3, H, W)`` back to RGB in 0-255 (``mean``/``std`` broadcastable
+    ``(1, 3, 1, 1)``), float32: what the CRF kernels' colour features read."""
+    return ((x.float() * std + mean) * 255.0).clamp(0, 255)
 
 
 def _uniform(g: torch.Generator, lo: float, hi: float) -> float:

@@ -87,7 +87,7 @@ def read_checkpoint(path: str | Path) -> tuple[str, dict[str, Any]]:
         for kind in get_args(Kind):
             if str(path) in shipped_checkpoints(kind):
                 return kind, load_checkpoint(path, kind)
-    ckpt = load_checkpoint(path, "segmenter") if not Path(path).is_file() else load_torch_file(path, "checkpoint")
+    ckpt = load_torch_file(resolve_checkpoint(path), "checkpoint")  # an unknown name or file: one clear error
     kind = checkpoint_kind(ckpt)
     if kind is None:
         raise CheckpointError(f"{path}: not a structseg checkpoint (expected format {FORMAT})")

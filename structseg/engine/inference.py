@@ -19,6 +19,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from ..data.transforms import network_input
 from ..errors import StructsegError
 from .runtime import autocast
 
@@ -127,11 +128,9 @@ def slide_labels(model: torch.nn.Module, image: torch.Tensor, mean, std, device:
     for images too large to hold as float logits (an 8000 x 8000 frame), memory stays that of one tile row."""
     h, w = image.shape[:2]
     th, tw = tile
-    m = torch.tensor(mean).view(3, 1, 1)
-    s = torch.tensor(std).view(3, 1, 1)
 
     def tile_at(y, x0):
-        return (image[y:y + th, x0:x0 + tw].permute(2, 0, 1).float() / 255.0 - m) / s
+        return network_input(image[y:y + th, x0:x0 + tw], mean, std)
 
     labels = torch.empty(h, w, dtype=torch.uint8)
     for top, band in slide_bands(model, tile_at, h, w, device, dtype, tile, overlap, batch):

@@ -16,7 +16,7 @@ from .._io import (
     remove_stale_temporaries,
     save_png,
 )
-from ..data.transforms import normalize
+from ..data.transforms import network_input
 from ..errors import DataError
 from ..structured.crf_postprocess import check_crf_for, crf_refiner
 from ..structured.dense_crf import CRFParams
@@ -78,8 +78,7 @@ class Predictor:
 
     def scores(self, image: np.ndarray) -> torch.Tensor:
         """``(C, H, W)`` class scores for a ``uint8 (H, W, 3)`` image: logits, or CRF marginals."""
-        x = torch.from_numpy(image).permute(2, 0, 1).float().div_(255.0)
-        out = infer_logits(self.model, normalize(x, self.mean, self.std)[None], self.device, self.dtype,
+        out = infer_logits(self.model, network_input(image, self.mean, self.std)[None], self.device, self.dtype,
                            self.inference)
         if self.refine is not None:
             out = self.refine(out, image)
@@ -107,8 +106,7 @@ class Predictor:
         simple = self.refine is None and (s is None or (s.mode == "whole" and not s.augmented))
         if not simple or len(images) < 2 or len({im.shape for im in images}) > 1:
             return [self.predict(im) for im in images]
-        x = torch.stack([normalize(torch.from_numpy(im).permute(2, 0, 1).float().div_(255.0), self.mean, self.std)
-                         for im in images])
+        x = torch.stack([network_input(im, self.mean, self.std) for im in images])
         labels = class_map(forward_logits(self.model, x, self.device, self.dtype), 1).cpu().numpy()
         return [lab.astype(np.uint8) for lab in labels]
 
@@ -146,17 +144,19 @@ def predict_paths(checkpoint: str | Path, inputs: list[str | Path], out: str | P
     def flush(group: list[tuple[Path, np.ndarray]]) -> None:
         nonlocal written
         with memory_guard(str(group[0][0]), group[0][1].shape[:2]):
-            labels = predictor.predict_batch([im for _, im in group])
-        for (f, image), label in zip(group, labels):
+            if probs_dir is None:
+                labels, probs = predictor.predict_batch([im for _, im in group]), [None] * len(group)
+            else:  # one pass per image gives both: the label map is the probabilities' argmax
+                probs = [predictor.probabilities(im) for _, im in group]
+                labels = [p.argmax(0).astype(np.uint8) for p in probs]
+        for (f, image), label, prob in zip(group, labels, probs):
             save_png(label, labels_dir / f"{f.stem}.png", palette=predictor.classes.palette)
             with atomic_path(overlays_dir / f"{f.stem}.png") as tmp:
                 Image.fromarray(overlay(image, label, predictor.classes.palette)).save(tmp, format="PNG")
-            if probs_dir is not None:
-                with memory_guard(str(f), image.shape[:2]):
-                    probs = predictor.probabilities(image).astype(np.float16)
+            if prob is not None:
                 with atomic_path(probs_dir / f"{f.stem}.npy") as tmp:
                     with open(tmp, "wb") as fh:
-                        np.save(fh, probs)
+                        np.save(fh, prob.astype(np.float16))
             written += 1
             bar.update(1)
 

@@ -21,8 +21,8 @@ from .._io import prepare_output_dir, remove_stale_temporaries
 from ..config import Config, save_config
 from ..data.class_weights import enet_weights, median_frequency_weights
 from ..data.dataset import SegmentationDataset
-from ..data.tags import TaggedDataset
 from ..data.layout import read_classes
+from ..data.tags import TaggedDataset
 from ..data.transforms import EvalTransform, TrainTransform
 from ..errors import CheckpointError, ConfigError, StructsegError
 from ..models import encoder_normalization, load_backbone_weights
@@ -37,11 +37,11 @@ from .distributed import (
 )
 from .evaluate import evaluate
 from .losses import build_loss
-from .weak import build_objective
 from .optim import build_optimizer, lr_factor
 from .run_folder import RunLock, check_resume
 from .run_log import RunLog, read_run_log
 from .runtime import amp_dtype, autocast, pick_device, set_threads
+from .weak import build_objective
 
 
 def build_datasets(cfg: Config, progress: bool = True) -> tuple[SegmentationDataset | TaggedDataset,
@@ -271,14 +271,11 @@ def _train(cfg: Config, out_dir: Path, progress: bool, stop_after_epochs: int | 
             with autocast(device, dtype):
                 logits, aux = net(images, return_aux=True)
             # (a CRF-as-RNN model returns log-marginals; log-softmax and softmax leave them as they are)
-            if objective is not None:  # labels are the images' tags
-                loss = objective(logits, images, labels)
-                for a in aux:
-                    loss = loss + cfg.train.aux_weight * objective(a, images, labels)
+            if objective is not None:  # weak supervision: labels are the images' tags
+                loss_of = lambda out: objective(out, images, labels)  # noqa: E731
             else:
-                loss = criterion(logits, labels)
-                for a in aux:
-                    loss = loss + cfg.train.aux_weight * criterion(a, labels)
+                loss_of = lambda out: criterion(out, labels)  # noqa: E731
+            loss = loss_of(logits) + sum(cfg.train.aux_weight * loss_of(a) for a in aux)
             if unlabelled:
                 skipped += 1
                 loss = logits.float().sum() * 0.0

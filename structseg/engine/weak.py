@@ -13,14 +13,11 @@ import torch
 import torch.nn as nn
 
 from ..config import WeakConfig
+from ..data.transforms import rgb255
 from ..errors import ConfigError
 from ..structured.dense_crf import CRFParams
 from ..structured.latent_crf import kl_to_crf_prior, tag_log_likelihood_bound
 from ..structured.seed_expand_constrain import constrain_loss, expand_loss
-
-
-def _rgb(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    return ((images.float() * std + mean) * 255.0).clamp(0, 255)
 
 
 def _crf_params(settings: dict, **defaults) -> CRFParams:
@@ -38,14 +35,24 @@ def build_objective(num_classes: int, cfg: WeakConfig, mean: tuple[float, ...], 
     return cls(num_classes, cfg, mean, std)
 
 
-class TagObjective(nn.Module):
-    def __init__(self, num_classes: int, cfg: WeakConfig, mean: tuple[float, ...], std: tuple[float, ...]):
+class _ImageObjective(nn.Module):
+    """What both objectives share: the config and the input normalisation, to give the CRF its RGB image."""
+
+    def __init__(self, cfg: WeakConfig, mean: tuple[float, ...], std: tuple[float, ...]):
         super().__init__()
-        self.prior = _crf_params(cfg.prior, iterations=1)  # the KL needs the kernels, not iterations
         self.cfg = cfg
-        self.rho = nn.Parameter(torch.zeros(num_classes))
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def rgb(self, images: torch.Tensor) -> torch.Tensor:
+        return rgb255(images, self.mean, self.std)
+
+
+class TagObjective(_ImageObjective):
+    def __init__(self, num_classes: int, cfg: WeakConfig, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__(cfg, mean, std)
+        self.prior = _crf_params(cfg.prior, iterations=1)  # the KL needs the kernels, not iterations
+        self.rho = nn.Parameter(torch.zeros(num_classes))
 
     def rates(self, pixels: int) -> torch.Tensor:
         return torch.sigmoid(self.rho) / (self.cfg.min_share * pixels)
@@ -54,25 +61,23 @@ class TagObjective(nn.Module):
         """``logits`` ``(B, K, H, W)``, normalised ``images`` ``(B, 3, H, W)``, multi-hot ``tags`` ``(B, K)``."""
         with torch.autocast(logits.device.type, enabled=False):
             q = torch.softmax(logits.float(), 1)
-            rgb = _rgb(images, self.mean, self.std)
+            rgb = self.rgb(images)
             pixels = q.shape[-2] * q.shape[-1]
             bound = tag_log_likelihood_bound(q, tags, self.rates(pixels), self.cfg.leak)
             kl = kl_to_crf_prior(q, rgb, self.prior)
             return ((-bound + self.cfg.kl_weight * kl) / pixels).mean().float()
 
 
-class ExpandConstrainObjective(nn.Module):
+class ExpandConstrainObjective(_ImageObjective):
     """The baseline: SEC's expand + constrain losses per image, averaged over the batch (no learned parameter)."""
 
     def __init__(self, num_classes: int, cfg: WeakConfig, mean: tuple[float, ...], std: tuple[float, ...]):
-        super().__init__()
-        self.cfg, self.params = cfg, _crf_params(cfg.prior)
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        super().__init__(cfg, mean, std)
+        self.params = _crf_params(cfg.prior)
 
     def forward(self, logits: torch.Tensor, images: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
         with torch.autocast(logits.device.type, enabled=False):
             probs = torch.softmax(logits.float(), 1)
             expand = expand_loss(probs, tags, self.cfg.gwrp_decay)
-            constrain = constrain_loss(logits, _rgb(images, self.mean, self.std), tags, self.params)
+            constrain = constrain_loss(logits, self.rgb(images), tags, self.params)
             return (expand + constrain).mean()

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import IMAGENET_MEAN, IMAGENET_STD
+from ..data.transforms import rgb255
 from .dense_crf import CRFParams, mean_field
 
 
@@ -36,7 +37,7 @@ class CRFasRNN(nn.Module):
     def forward(self, x: torch.Tensor, return_aux: bool = False):
         logits, aux = self.net(x, return_aux=True)  # auxiliary heads pass through
         with torch.autocast(x.device.type, enabled=False):
-            image = ((x.float() * self.std + self.mean) * 255.0).clamp(0, 255)
+            image = rgb255(x, self.mean, self.std)
             unary = -F.log_softmax(logits.float(), dim=1)
             q = mean_field(unary, image, self.params, self.compatibility,
                            (self.smoothness_weight, self.appearance_weight))

@@ -57,15 +57,20 @@ def sublattices(strides: list[int]) -> list[tuple[int, int, int]]:
     return [(s, i, j) for s in strides for i in range(s) for j in range(s)]
 
 
+def check_grid(h: int, w: int, strides: list[int]) -> None:
+    """Each side of the grid must exceed the largest stride (else a stride has no edge)."""
+    if min(h, w) <= max(strides):
+        raise ValueError(f"dual decomposition: a {h}x{w} grid is too small for stride {max(strides)} "
+                         f"(each side must exceed the largest stride)")
+
+
 def check_tables(unary: torch.Tensor, tables: dict[int, tuple[torch.Tensor, torch.Tensor]],
                  strides: list[int]) -> None:
     """Raise one ValueError for a unary or a pairwise table that cannot serve ``strides``."""
     if unary.dim() != 4:
         raise ValueError(f"dual decomposition: unary must be (B, K, H, W), got shape {tuple(unary.shape)}")
     b, k, h, w = unary.shape
-    if min(h, w) <= max(strides):
-        raise ValueError(f"dual decomposition: a {h}x{w} grid is too small for stride {max(strides)} "
-                         f"(each side must exceed the largest stride)")
+    check_grid(h, w, strides)
     if not torch.isfinite(unary).all():
         raise ValueError("dual decomposition: the unary scores contain NaN or infinity")
     for s in strides:
@@ -223,9 +228,7 @@ class DualDecompositionCRF(nn.Module):
         if features.shape[-2:] != unary.shape[-2:] or features.shape[0] != unary.shape[0]:
             raise ValueError(f"dual decomposition: features {tuple(features.shape)} and unary {tuple(unary.shape)} "
                              "must share batch size and grid")
-        if min(unary.shape[-2:]) <= max(self.params.strides):
-            raise ValueError(f"dual decomposition: a {unary.shape[-2]}x{unary.shape[-1]} grid is too small for "
-                             f"stride {max(self.params.strides)} (each side must exceed the largest stride)")
+        check_grid(*unary.shape[-2:], self.params.strides)  # before the tables are built on it
         self.last_duals = []
         tables = self.pairwise(features.float(), self.params.strides)
         return dd_inference(unary.float(), tables, self.params, self.last_duals)

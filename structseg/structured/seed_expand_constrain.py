@@ -37,12 +37,19 @@ def expand_loss(probs: torch.Tensor, tags: torch.Tensor, decay: float = 0.996, e
     return present + absent
 
 
+@torch.no_grad()
+def tag_restricted_marginals(logits: torch.Tensor, image: torch.Tensor, tags: torch.Tensor,
+                             params: CRFParams) -> torch.Tensor:
+    """The dense CRF's mean field ``Q`` ``(B, K, H, W)`` on the scores with the classes an image is not tagged with
+    excluded (``tags`` multi-hot ``(B, K)``; ``image`` RGB 0-255 ``(B, 3, H, W)``); no gradient."""
+    masked = logits.detach().float().masked_fill(tags[:, :, None, None] == 0, -1e4)
+    return mean_field(-torch.log_softmax(masked, 1), image.float(), params)
+
+
 def constrain_loss(logits: torch.Tensor, image: torch.Tensor, tags: torch.Tensor, params: CRFParams,
                    eps: float = 1e-8) -> torch.Tensor:
-    """SEC's constrain loss per image ``(B,)``: ``mean_j KL(Q_j || f_j)``, ``Q`` the dense CRF (``params``) on the
-    scores with absent classes excluded, taken as a constant target; ``image`` RGB 0-255 ``(B, 3, H, W)``."""
+    """SEC's constrain loss per image ``(B,)``: ``mean_j KL(Q_j || f_j)``, ``Q`` the
+    :func:`tag_restricted_marginals`, taken as a constant target."""
+    q = tag_restricted_marginals(logits, image, tags, params)
     log_f = torch.log_softmax(logits.float(), 1)
-    with torch.no_grad():
-        masked = logits.detach().float().masked_fill(tags[:, :, None, None] == 0, -1e4)
-        q = mean_field(-torch.log_softmax(masked, 1), image.float(), params)
     return (q * (torch.log(q.clamp(min=eps)) - log_f)).sum(1).flatten(1).mean(1)

@@ -14,9 +14,7 @@ from .._io import atomic_path
 
 
 def _figure(width: float, height: float):
-    import matplotlib
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure  # a Figure without pyplot: no global state, no display
+    from matplotlib.figure import Figure  # without pyplot: no backend switch, no global state, no display
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 

@@ -20,8 +20,13 @@ from ..engine.metrics import ConfusionMatrix, class_map
 from ..engine.report import summary_table
 from ..engine.runtime import amp_dtype, pick_device
 from ..errors import ConfigError
-from ..structured.dense_crf import LATTICE_SETTINGS, CRFParams, mean_field, message_operator
 from ..structured.crf_postprocess import image_tensor, save_crf_params
+from ..structured.dense_crf import (
+    LATTICE_SETTINGS,
+    CRFParams,
+    mean_field,
+    message_operator,
+)
 
 DEFAULT_GRID = {"appearance_weight": [3.0, 5.0, 10.0], "appearance_xy": [30.0, 50.0, 80.0],
                 "appearance_rgb": [3.0, 5.0, 13.0]}

@@ -18,13 +18,14 @@ from tqdm import tqdm
 
 from .._io import load_image, partial_dir, prepare_output_dir, save_png
 from ..data.tags import read_tags
-from ..data.transforms import normalize
+from ..data.transforms import network_input
 from ..engine.checkpoint import load_pretrained
 from ..engine.inference import forward_logits
 from ..engine.runtime import amp_dtype, pick_device
 from ..errors import DataError
 from ..structured.crf_postprocess import image_tensor
-from ..structured.dense_crf import CRFParams, mean_field
+from ..structured.dense_crf import CRFParams
+from ..structured.seed_expand_constrain import tag_restricted_marginals
 
 
 def write_pseudo_labels(checkpoint: str | Path, root: str | Path, tags: str | Path, out: str | Path,
@@ -46,12 +47,10 @@ def write_pseudo_labels(checkpoint: str | Path, root: str | Path, tags: str | Pa
         lines = []
         for e in tqdm(entries, desc="pseudo labels", unit="img", disable=not progress):
             image = load_image(e.image)
-            x = normalize(torch.from_numpy(image).permute(2, 0, 1).float() / 255.0, *model.normalization)
-            logits = forward_logits(model, x[None], device, dtype)
-            absent = torch.ones(logits.shape[1], dtype=torch.bool)
-            absent[list(e.tags)] = False
-            masked = logits.masked_fill(absent.to(logits.device)[None, :, None, None], -1e4)
-            q = mean_field(-torch.log_softmax(masked, 1), image_tensor(image, logits.device), params)
+            logits = forward_logits(model, network_input(image, *model.normalization)[None], device, dtype)
+            tags_hot = torch.zeros(1, logits.shape[1], device=logits.device)
+            tags_hot[0, list(e.tags)] = 1.0
+            q = tag_restricted_marginals(logits, image_tensor(image, logits.device), tags_hot, params)
             label = q.max(1).indices[0].to(torch.uint8).cpu().numpy()
             name = f"labels/{e.image.stem}.png"
             save_png(label, tmp / name, palette=model.classes.palette)

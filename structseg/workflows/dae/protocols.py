@@ -21,7 +21,12 @@ from ...config import read_yaml
 from ...data.dataset import equal_size_batches
 from ...engine.evaluate import checkpoint_dataset
 from ...engine.metrics import ConfusionMatrix, class_map
-from ...engine.report import format_table, metrics_record, summary_table, write_eval_outputs
+from ...engine.report import (
+    format_table,
+    metrics_record,
+    summary_table,
+    write_eval_outputs,
+)
 from ...engine.runtime import amp_dtype, autocast, pick_device
 from ...errors import ConfigError
 from ...structured.crf_postprocess import crf_refiner
