@@ -11,7 +11,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import CheckpointError, DataError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".npy")
+# what a multi-band image may hold: 8- or 16-bit integers (scaled by their full range) or floats (taken as they are)
+BAND_DTYPES = (np.uint8, np.uint16, np.float32)
 
 
 def _open(path: Path) -> Image.Image:
@@ -46,15 +48,110 @@ def _to_uint8_grey(im: Image.Image, path: Path) -> Image.Image:
     return Image.fromarray(out.astype(np.uint8), mode="L")
 
 
-def load_image(path: str | Path) -> np.ndarray:
-    """An RGB image as ``uint8`` ``(H, W, 3)``, oriented by its EXIF tag; greyscale, palette, 16-bit and
-    float images are converted (16-bit by its full range, floats from [0, 1])."""
-    im = _open(Path(path))
+def load_image(path: str | Path, channels: int = 3) -> np.ndarray:
+    """An image as ``(H, W, channels)``.
+
+    ``channels == 3``: RGB ``uint8``, oriented by its EXIF tag; greyscale, palette, 16-bit and float images are
+    converted (16-bit by its full range, floats from [0, 1]); a ``.npy`` file must hold ``(H, W, 3)`` ``uint8``.
+    Any other count: the bands as stored (``uint8``, ``uint16`` or ``float32``, not rescaled), from a ``.npy``
+    array ``(H, W)`` / ``(H, W, C)``, a TIFF (any band count with the ``tifffile`` package, else what Pillow
+    reads) or a single-band / RGBA image file; the count must equal ``channels``.
+    """
+    path = Path(path)
+    if channels != 3:
+        return load_bands(path, channels)
+    if path.suffix.lower() == ".npy":
+        arr = _read_npy(path)
+        if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+            raise DataError(f"{path}: array of shape {arr.shape} and dtype {arr.dtype}; an RGB image as .npy must be "
+                            "(H, W, 3) uint8 (for other band counts set data.channels)")
+        return arr
+    im = _open(path)
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        im = _to_uint8_grey(im, Path(path))
+        im = _to_uint8_grey(im, path)
     if im.mode not in ("RGB", "RGBA", "L", "P", "PA", "LA", "CMYK", "YCbCr", "1", "RGBX"):
         raise DataError(f"{path}: unsupported image mode {im.mode!r}; expected an RGB or greyscale image")
     return np.array(im.convert("RGB"))
+
+
+def load_bands(path: str | Path, channels: int) -> np.ndarray:
+    """A multi-band (or single-band) image as ``(H, W, channels)`` in its stored type (see :func:`load_image`)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        arr = _read_npy(path)
+    elif suffix in (".tif", ".tiff"):
+        arr = _read_tiff(path, channels)
+    else:
+        im = _open(path)
+        arr = np.asarray(im.convert("L") if im.mode in ("1", "P") else im)
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3 or min(arr.shape) == 0:
+        raise DataError(f"{path}: array of shape {arr.shape}; expected an image (H, W) or (H, W, C)")
+    if arr.dtype == np.float64:
+        arr = arr.astype(np.float32)
+    elif arr.dtype == np.int32 and arr.min() >= 0 and arr.max() <= 65535:  # Pillow's 16-bit 'I' mode
+        arr = arr.astype(np.uint16)
+    if arr.dtype not in BAND_DTYPES:
+        raise DataError(f"{path}: bands of type {arr.dtype}; expected uint8, uint16 or float32")
+    if arr.dtype == np.float32 and not np.isfinite(arr).all():
+        raise DataError(f"{path}: holds NaN or infinite values")
+    if arr.shape[2] != channels:
+        raise DataError(f"{path}: {arr.shape[2]} band(s) of {arr.shape[1]}x{arr.shape[0]}; the model takes "
+                        f"{channels} (data.channels / the model's in_channels)")
+    return np.ascontiguousarray(arr)
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        arr = np.load(path, allow_pickle=False)  # never unpickles
+    except (ValueError, OSError, EOFError) as e:
+        raise DataError(f"{path}: not a readable .npy array ({e})") from None
+    if not isinstance(arr, np.ndarray):
+        raise DataError(f"{path}: expected one array, found {type(arr).__name__}")
+    return arr
+
+
+def _read_tiff(path: Path, channels: int) -> np.ndarray:
+    """A TIFF's bands as ``(H, W, C)`` (a planar ``(C, H, W)`` file is transposed), by ``tifffile`` when it is
+    installed (any band count and type), else by Pillow (single-band, RGB(A))."""
+    try:
+        import tifffile
+    except ImportError:
+        tifffile = None
+    if tifffile is None:
+        im = _open(path)
+        return np.asarray(im)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    try:
+        arr = tifffile.imread(path)
+    except Exception as e:  # noqa: BLE001 - any unreadable file becomes one clear message
+        raise DataError(f"{path}: corrupt or unreadable TIFF ({type(e).__name__}: {str(e)[:200]})") from None
+    if arr.size == 0:
+        raise DataError(f"{path}: corrupt or unreadable TIFF (no image data in it)")
+    if arr.ndim == 3 and arr.shape[0] == channels and arr.shape[2] != channels:
+        arr = np.moveaxis(arr, 0, -1)  # planar configuration: bands first
+    return arr
+
+
+def display_rgb(image: np.ndarray) -> np.ndarray:
+    """An image of any band count as ``uint8 (H, W, 3)`` for pictures: RGB as it is; one band as grey; otherwise
+    the first three bands. 16-bit bands are scaled by their full range, float bands by their min and max."""
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.dtype == np.uint8 and image.shape[2] == 3:
+        return image
+    bands = image[..., :3] if image.shape[2] >= 3 else np.repeat(image[..., :1], 3, axis=2)
+    if bands.dtype == np.uint8:
+        return np.ascontiguousarray(bands)
+    if bands.dtype == np.uint16:
+        return (bands.astype(np.float32) / 257.0).round().astype(np.uint8)
+    lo, hi = float(bands.min()), float(bands.max())
+    return ((bands - lo) * (255.0 / (hi - lo) if hi > lo else 0.0)).round().clip(0, 255).astype(np.uint8)
 
 
 def load_label(path: str | Path) -> np.ndarray:

@@ -38,9 +38,13 @@ class ModelConfig:
 @dataclass
 class DataConfig:
     """A dataset in the unified layout; ``mean``/``std`` normalise images in [0, 1] (null: what the
-    backbone's ImageNet weights expect, torchvision's ImageNet statistics otherwise)."""
+    backbone's ImageNet weights expect, torchvision's ImageNet statistics otherwise; with ``channels`` other
+    than 3, those RGB statistics repeated over the bands, as the adapted first convolution repeats its weights).
+    ``channels``: the images' band count (3: RGB; e.g. 4 for RGB + near-infrared, 1 for a 16-bit grey band,
+    read from TIFF, ``.npy`` or PNG files); it becomes the model's ``in_channels``."""
 
     root: str = ""
+    channels: int = 3
     train_split: str = "train.txt"
     val_split: str | None = "val.txt"
     cache: bool = True
@@ -182,9 +186,11 @@ def _pair(lo: float, hi: float, positive: bool = False):
 # every value range, checked when a config is read: key -> (test, what is allowed)
 RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.workers": (lambda v: v >= 0, "an integer >= 0"),
-    "data.mean": (lambda v: v is None or (len(v) == 3 and all(_finite(x) for x in v)), "null or 3 finite numbers"),
-    "data.std": (lambda v: v is None or (len(v) == 3 and all(_finite(x) and x > 0 for x in v)),
-                 "null or 3 positive numbers"),
+    "data.channels": (lambda v: v >= 1, "an integer >= 1 (the images' band count)"),
+    "data.mean": (lambda v: v is None or (len(v) >= 1 and all(_finite(x) for x in v)),
+                  "null or finite numbers, one per channel"),
+    "data.std": (lambda v: v is None or (len(v) >= 1 and all(_finite(x) and x > 0 for x in v)),
+                 "null or positive numbers, one per channel"),
     "augment.scale": (lambda v: _pair(0, math.inf, True)(v) and v[0] <= v[1], "[min, max] with 0 < min <= max"),
     "augment.crop_size": (lambda v: v is None or (len(v) == 2 and all(x > 0 for x in v)),
                           "null or [height, width], two positive integers"),

@@ -53,7 +53,7 @@ def trained(synth_root, tmp_path_factory):
     ("data.workers=-1", "'data.workers': -1 is out of range"),
     ("optimizer.lr=-1", "'optimizer.lr': -1.0 is out of range; expected a positive finite number"),
     ("optimizer.lr=.nan", "'optimizer.lr': nan is out of range"),
-    ("data.std=[0,0,0]", "'data.std': [0.0, 0.0, 0.0] is out of range; expected null or 3 positive numbers"),
+    ("data.std=[0,0,0]", "'data.std': [0.0, 0.0, 0.0] is out of range; expected null or positive numbers, one per channel"),
     ("augment.scale=[2,1]", "'augment.scale': [2.0, 1.0] is out of range"),
 ])
 def test_every_config_value_is_range_checked_at_load(override, message):

@@ -29,18 +29,23 @@ def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
 class SegmentationDataset(torch.utils.data.Dataset):
     """Images and label maps listed in ``ROOT/SPLIT``; returns ``(image, label)`` tensors.
 
-    Without a transform an item is ``(uint8 (3,H,W), int64 (H,W))``; with one, whatever the
-    transform returns. The transform is called as ``transform(image_hwc, label_hw, generator)``.
-    ``split`` may also name a packed split folder (``structseg data pack``), read by memory map.
+    Without a transform an item is ``(image (C,H,W), int64 (H,W))`` (``uint8`` RGB for ``channels=3``, the
+    stored bands otherwise, see :func:`structseg._io.load_image`); with one, whatever the transform returns.
+    The transform is called as ``transform(image_hwc, label_hw, generator)``. ``split`` may also name a packed
+    split folder (``structseg data pack``, RGB only), read by memory map.
     """
 
     def __init__(self, root: str | Path, split: str | Path, transform: Callable | None = None,
-                 cache: bool = True, seed: int = 0):
+                 cache: bool = True, seed: int = 0, channels: int = 3):
         self.root = Path(root)
         self.split = str(split)
+        self.channels = channels
         self.classes = read_classes(self.root)
         folder = Path(split) if Path(split).is_absolute() else self.root / split
         self.packed = PackedSplit(folder) if is_packed(folder) else None
+        if self.packed is not None and channels != 3:
+            raise DataError(f"{folder}: a packed split holds RGB images; for {channels}-band images list the "
+                            "files in a split file instead")
         if self.packed is not None:
             if self.packed.classes != self.classes:
                 raise DataError(f"{folder}: packed with other classes than {self.root / 'classes.json'}; re-pack it")
@@ -63,13 +68,13 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.epoch = epoch
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Decoded, validated ``(image (H,W,3) uint8, label (H,W) uint8)``, cached when enabled."""
+        """Decoded, validated ``(image (H,W,C), label (H,W) uint8)``, cached when enabled."""
         if self._images[index] is not None:
             return self._images[index], self._labels[index]
         if self.packed is not None:
             return self.packed.load(index)  # validated when packed
         img_path, lab_path = self.pairs[index]
-        image, label = load_image(img_path), load_label(lab_path)
+        image, label = load_image(img_path, self.channels), load_label(lab_path)
         validate_pair(image, label, self.classes, img_path, lab_path)
         if self.cache:
             self._images[index], self._labels[index] = image, label

@@ -107,8 +107,8 @@ class TaggedDataset(torch.utils.data.Dataset):
     :class:`SegmentationDataset`, by ``(seed, epoch, index)``.
     """
 
-    def __init__(self, root: str | Path, tags: str | Path, transform=None, seed: int = 0):
-        self.root = Path(root)
+    def __init__(self, root: str | Path, tags: str | Path, transform=None, seed: int = 0, channels: int = 3):
+        self.root, self.channels = Path(root), channels
         self.classes = read_classes(self.root)
         self.entries = read_tags(self.root, tags, self.classes)
         self.transform, self.seed, self.epoch = transform, seed, 0
@@ -133,7 +133,7 @@ class TaggedDataset(torch.utils.data.Dataset):
 
     def load(self, index: int) -> np.ndarray:
         if self._images[index] is None:
-            self._images[index] = load_image(self.entries[index].image)
+            self._images[index] = load_image(self.entries[index].image, self.channels)
         return self._images[index]
 
     def __getitem__(self, index: int):

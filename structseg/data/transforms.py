@@ -17,13 +17,20 @@ from ..config import IMAGENET_MEAN, IMAGENET_STD
 
 
 def image_tensor01(image: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """A ``uint8 (H, W, 3)`` image (array or tensor) -> float ``(3, H, W)`` in [0, 1]."""
-    img = torch.from_numpy(np.ascontiguousarray(image)) if isinstance(image, np.ndarray) else image
-    return img.permute(2, 0, 1).float().div_(255.0)
+    """An ``(H, W, C)`` image (array or tensor) -> float ``(C, H, W)``: ``uint8`` divided by 255, ``uint16`` by
+    65535 (both then in [0, 1]), float bands as they are."""
+    if isinstance(image, np.ndarray):
+        if image.dtype == np.uint16:  # torch has few kernels for uint16: convert on the NumPy side
+            image = image.astype(np.float32) / np.float32(65535.0)
+        img = torch.from_numpy(np.ascontiguousarray(image))
+    else:
+        img = image.float().div_(65535.0) if image.dtype == torch.uint16 else image
+    img = img.permute(2, 0, 1)
+    return img.float().div_(255.0) if img.dtype == torch.uint8 else img.float()
 
 
 def to_tensors(image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """``uint8 (H,W,3)``, ``(H,W)`` arrays -> float ``(3,H,W)`` in [0, 1] and int64 ``(H,W)``."""
+    """``(H,W,C)``, ``(H,W)`` arrays -> float ``(C,H,W)`` (see :func:`image_tensor01`) and int64 ``(H,W)``."""
     return image_tensor01(image), torch.from_numpy(label.astype(np.int64))
 
 
@@ -93,7 +100,7 @@ def normalize(image: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ..
 
 
 def network_input(image: np.ndarray | torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """A ``uint8 (H, W, 3)`` image -> the normalised float ``(3, H, W)`` a network takes."""
+    """An ``(H, W, C)`` image -> the normalised float ``(C, H, W)`` a network takes (one mean/std per channel)."""
     return normalize(image_tensor01(image), mean, std)
 
 
@@ -109,7 +116,11 @@ def _uniform(g: torch.Generator, lo: float, hi: float) -> float:
 
 @dataclass
 class TrainTransform:
-    """The training pipeline: random scale -> pad + random crop -> flip -> colour -> normalise."""
+    """The training pipeline: random scale -> pad + random crop -> flip -> colour -> normalise.
+
+    The colour distortion is RGB's (brightness, contrast, saturation, hue): it applies to 3-channel images only;
+    images of other band counts (e.g. RGB + near-infrared, 16-bit single-band) get the geometric steps alone.
+    """
 
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
@@ -136,7 +147,7 @@ class TrainTransform:
             img, lab = crop(img, lab, top, left, ch, cw)
         if self.hflip and torch.rand((), generator=g).item() < 0.5:
             img, lab = hflip(img, lab)
-        if self.brightness or self.contrast or self.saturation or self.hue:
+        if img.shape[0] == 3 and (self.brightness or self.contrast or self.saturation or self.hue):
             img = adjust_colour(img, _uniform(g, 1 - self.brightness, 1 + self.brightness),
                                 _uniform(g, 1 - self.contrast, 1 + self.contrast),
                                 _uniform(g, 1 - self.saturation, 1 + self.saturation),

@@ -176,22 +176,33 @@ def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint",
     return model
 
 
+def checkpoint_channels(ckpt: dict) -> int:
+    """The number of input channels (image bands) a checkpoint's network takes: ``in_channels``, 3 by default."""
+    args = (ckpt.get("model") or {}).get("args") or {}
+    c = args.get("in_channels", 3)
+    if not isinstance(c, int) or isinstance(c, bool) or c < 1:
+        raise CheckpointError(f"damaged checkpoint: model.args.in_channels is {c!r}; expected an integer >= 1")
+    return c
+
+
 def checkpoint_normalization(ckpt: dict, path: str | Path = "checkpoint") -> tuple[tuple[float, ...],
                                                                                   tuple[float, ...]]:
-    """The (mean, std) a checkpoint's images are normalised with; a checkpoint without them gets its
-    backbone's (torchvision's ImageNet statistics for models without one)."""
+    """The (mean, std) a checkpoint's images are normalised with, one value per input channel; a checkpoint
+    without them gets its backbone's (torchvision's ImageNet statistics for models without one)."""
     from ..models import encoder_normalization
+    c = checkpoint_channels(ckpt)
     norm = ckpt.get("normalization")
     if norm is None:
         backbone = (ckpt.get("model", {}).get("args") or {}).get("backbone")
-        return encoder_normalization(backbone if isinstance(backbone, str) else "")
+        mean, std = encoder_normalization(backbone if isinstance(backbone, str) else "")
+        return tuple(mean[i % 3] for i in range(c)), tuple(std[i % 3] for i in range(c))
     try:
         mean, std = tuple(float(v) for v in norm["mean"]), tuple(float(v) for v in norm["std"])
     except (KeyError, TypeError, ValueError):
-        raise CheckpointError(f"{path}: 'normalization' must hold 'mean' and 'std', 3 numbers each") from None
-    if len(mean) != 3 or len(std) != 3 or not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
-        raise CheckpointError(f"{path}: 'normalization' must hold 3 finite means and 3 positive stds, "
-                              f"got {norm}")
+        raise CheckpointError(f"{path}: 'normalization' must hold 'mean' and 'std', {c} numbers each") from None
+    if len(mean) != c or len(std) != c or not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
+        raise CheckpointError(f"{path}: 'normalization' must hold {c} finite means and {c} positive stds "
+                              f"(one per input channel), got {norm}")
     return mean, std
 
 
@@ -205,7 +216,7 @@ def load_pretrained(name_or_path: str | Path, device: torch.device | str | None 
     """A trained segmentation network ready for inference: a shipped model by name (``structseg models
     --pretrained``) or a checkpoint file. The module is in eval mode and carries what using it needs:
     ``classes`` (:class:`ClassInfo`: names, palette, ignore_index), ``normalization`` (mean, std of
-    ``(x / 255 - mean) / std``, per RGB channel) and ``metrics`` (as recorded when it was exported, or {}).
+    ``(x / 255 - mean) / std``, per input channel), ``in_channels`` (the image bands it takes) and ``metrics`` (as recorded when it was exported, or {}).
     An ``.onnx`` file from ``structseg export`` is run by ONNX Runtime behind the same interface."""
     if str(name_or_path).endswith(".onnx"):
         from .onnx_model import OnnxModel
@@ -214,5 +225,6 @@ def load_pretrained(name_or_path: str | Path, device: torch.device | str | None 
     model = model_from_checkpoint(ckpt, name_or_path)
     model.classes = checkpoint_classes(ckpt)
     model.normalization = checkpoint_normalization(ckpt, name_or_path)
+    model.in_channels = checkpoint_channels(ckpt)
     model.metrics = dict(ckpt.get("metrics") or {})
     return model.to(device or "cpu").eval()

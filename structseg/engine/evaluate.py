@@ -13,6 +13,7 @@ from ..data.dataset import SegmentationDataset
 from ..data.transforms import EvalTransform
 from ..errors import CheckpointError, StructsegError
 from .checkpoint import (
+    checkpoint_channels,
     checkpoint_classes,
     checkpoint_normalization,
     load_checkpoint,
@@ -78,7 +79,7 @@ def checkpoint_dataset(ckpt: dict, checkpoint: str | Path, root: str | Path, spl
                        transform: Callable | None = None, cache: bool = False) -> SegmentationDataset:
     """``ROOT/SPLIT`` checked to hold the classes the checkpoint predicts, its images normalised as the
     checkpoint expects (an :class:`EvalTransform` unless ``transform`` is given)."""
-    dataset = SegmentationDataset(root, split, cache=cache)
+    dataset = SegmentationDataset(root, split, cache=cache, channels=checkpoint_channels(ckpt))
     names = checkpoint_classes(ckpt).names
     if len(names) != dataset.classes.num_classes:
         raise CheckpointError(f"{checkpoint}: model has {len(names)} classes but the dataset has "

@@ -46,7 +46,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, check: bool = True) -> 
                     3: dim("width", min=32, max=16384)}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, (torch.randn(2, 3, 64, 96),), dynamo=True, input_names=["image"],
+        program = torch.onnx.export(model, (torch.randn(2, len(mean), 64, 96),), dynamo=True, input_names=["image"],
                                     output_names=["logits"], dynamic_shapes=shapes, verbose=False)
     proto = program.model_proto
     entry = proto.metadata_props.add()
@@ -59,7 +59,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, check: bool = True) -> 
         except ImportError:
             return meta
         session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-        x = torch.randn(3, 3, 75, 101, generator=torch.Generator().manual_seed(0))
+        x = torch.randn(3, len(mean), 75, 101, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
             ref = model(x).numpy()
         got = session.run(None, {"image": x.numpy()})[0]

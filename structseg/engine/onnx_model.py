@@ -39,6 +39,7 @@ class OnnxModel(torch.nn.Module):
         self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self.classes = ClassInfo.from_dict(meta["classes"], f"{path} metadata")
         self.normalization = (tuple(meta["normalization"]["mean"]), tuple(meta["normalization"]["std"]))
+        self.in_channels = len(self.normalization[0])
         self.metrics: dict = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

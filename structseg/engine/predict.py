@@ -10,6 +10,7 @@ from tqdm import tqdm
 from .._io import (
     IMAGE_EXTENSIONS,
     atomic_path,
+    display_rgb,
     is_within,
     load_image,
     prepare_output_dir,
@@ -62,7 +63,7 @@ def check_output_folder(out: Path, inputs: list[str | Path], files: list[Path]) 
 
 
 class Predictor:
-    """Segments RGB images with a trained checkpoint (normalisation and classes come from it)."""
+    """Segments images with a trained checkpoint (normalisation, band count and classes come from it)."""
 
     def __init__(self, checkpoint: str | Path, device: torch.device | None = None, crf: CRFParams | None = None,
                  amp: str = "auto", inference: InferenceSettings | None = None):
@@ -70,14 +71,15 @@ class Predictor:
         self.model = load_pretrained(checkpoint, self.device)
         self.classes = self.model.classes
         self.mean, self.std = self.model.normalization
+        self.channels = getattr(self.model, "in_channels", 3)
         if crf is not None:
-            check_crf_for(crf, self.classes.num_classes)
+            check_crf_for(crf, self.classes.num_classes, self.channels)
         self.dtype = amp_dtype(amp, self.device)
         self.inference = inference
         self.refine = crf_refiner(crf) if crf is not None else None
 
     def scores(self, image: np.ndarray) -> torch.Tensor:
-        """``(C, H, W)`` class scores for a ``uint8 (H, W, 3)`` image: logits, or CRF marginals."""
+        """``(C, H, W)`` class scores for an ``(H, W, bands)`` image: logits, or CRF marginals."""
         out = infer_logits(self.model, network_input(image, self.mean, self.std)[None], self.device, self.dtype,
                            self.inference)
         if self.refine is not None:
@@ -152,7 +154,7 @@ def predict_paths(checkpoint: str | Path, inputs: list[str | Path], out: str | P
         for (f, image), label, prob in zip(group, labels, probs):
             save_png(label, labels_dir / f"{f.stem}.png", palette=predictor.classes.palette)
             with atomic_path(overlays_dir / f"{f.stem}.png") as tmp:
-                Image.fromarray(overlay(image, label, predictor.classes.palette)).save(tmp, format="PNG")
+                Image.fromarray(overlay(display_rgb(image), label, predictor.classes.palette)).save(tmp, format="PNG")
             if prob is not None:
                 with atomic_path(probs_dir / f"{f.stem}.npy") as tmp:
                     with open(tmp, "wb") as fh:
@@ -164,7 +166,7 @@ def predict_paths(checkpoint: str | Path, inputs: list[str | Path], out: str | P
         group: list[tuple[Path, np.ndarray]] = []
         for f in files:
             try:
-                image = load_image(f)
+                image = load_image(f, predictor.channels)
             except DataError as e:
                 if not skip_bad:
                     raise DataError(f"{e} (pass --skip-bad to report and skip unreadable files)") from None

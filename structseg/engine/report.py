@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._io import atomic_path, check_output_dir, partial_dir, prepare_output_dir
+from .._io import atomic_path, check_output_dir, display_rgb, partial_dir, prepare_output_dir
 from ..data.dataset import SegmentationDataset
 from ..structured.crf_postprocess import check_crf_for, crf_refiner
 from ..structured.dense_crf import CRFParams
@@ -86,7 +86,7 @@ def evaluate_checkpoint(checkpoint: str | Path, root: str | Path, split: str, ou
         check_output_dir(out, "eval output folder")
     ckpt, model, dataset = open_for_evaluation(checkpoint, root, split)
     if crf is not None:
-        check_crf_for(crf, dataset.classes.num_classes)
+        check_crf_for(crf, dataset.classes.num_classes, dataset.channels)
     device = pick_device()
     dtype = amp_dtype(amp, device)
     model.to(device).eval()
@@ -139,7 +139,7 @@ def _write_eval_files(record: dict, dataset: SegmentationDataset, model, device,
             x, _ = dataset[int(i)]
             scores = infer_logits(model, x[None], device, dtype, inference)
             pred = class_map(refine(scores, image) if refine else scores)[0].cpu().numpy()
-            panel(image, label, pred, dataset.classes.palette, dataset.classes.ignore_index,
+            panel(display_rgb(image), label, pred, dataset.classes.palette, dataset.classes.ignore_index,
                   out / "panels" / f"{dataset.pairs[i][0].stem}.png")
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(record, indent=1) + "\n")

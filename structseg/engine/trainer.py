@@ -53,9 +53,10 @@ def build_datasets(cfg: Config, progress: bool = True) -> tuple[SegmentationData
                               crop_size=tuple(a.crop_size) if a.crop_size else None, hflip=a.hflip,
                               brightness=a.brightness, contrast=a.contrast, saturation=a.saturation, hue=a.hue)
     if cfg.weak.tags:  # weak supervision: images and tags only, no label map is read
-        train_ds = TaggedDataset(d.root, cfg.weak.tags, train_tf, seed=cfg.train.seed)
+        train_ds = TaggedDataset(d.root, cfg.weak.tags, train_tf, seed=cfg.train.seed, channels=d.channels)
     else:
-        train_ds = SegmentationDataset(d.root, d.train_split, train_tf, cache=d.cache, seed=cfg.train.seed)
+        train_ds = SegmentationDataset(d.root, d.train_split, train_tf, cache=d.cache, seed=cfg.train.seed,
+                                       channels=d.channels)
     train_tf.ignore_index = train_ds.classes.ignore_index
     if len(a.scale) != 2 or not 0 < a.scale[0] <= a.scale[1]:
         raise ConfigError(f"config key 'augment.scale': expected [min, max] with 0 < min <= max, got {a.scale}")
@@ -64,7 +65,8 @@ def build_datasets(cfg: Config, progress: bool = True) -> tuple[SegmentationData
                           "images of different sizes cannot be batched; set a crop size or batch_size 1")
     val_ds = None
     if d.val_split:
-        val_ds = SegmentationDataset(d.root, d.val_split, EvalTransform(tuple(d.mean), tuple(d.std)), cache=d.cache)
+        val_ds = SegmentationDataset(d.root, d.val_split, EvalTransform(tuple(d.mean), tuple(d.std)), cache=d.cache,
+                                     channels=d.channels)
         if val_ds.classes != train_ds.classes:
             raise ConfigError(f"{d.val_split} and {d.train_split} use different classes.json")
     progress = progress and is_main()
@@ -79,11 +81,27 @@ def build_datasets(cfg: Config, progress: bool = True) -> tuple[SegmentationData
 
 
 def resolve_normalization(cfg: Config) -> None:
-    """Fill ``data.mean``/``data.std`` left null with what the backbone's ImageNet weights expect."""
+    """Fill ``data.mean``/``data.std`` left null with what the backbone's ImageNet weights expect (repeated over
+    the bands when ``data.channels`` is not 3), and make ``data.channels`` the model's ``in_channels``."""
+    c = cfg.data.channels
+    given = cfg.model.args.get("in_channels")
+    if given is not None and given != c:
+        raise ConfigError(f"config key 'model.args.in_channels' is {given} but 'data.channels' is {c}; "
+                          "set data.channels alone")
+    if c != 3:
+        crf = (cfg.model.crf or {}).get("kind", "mean_field") if cfg.model.crf is not None else None
+        if crf == "mean_field" or cfg.weak.tags:
+            raise ConfigError(f"data.channels is {c}: {'model.crf mean_field' if crf else 'weak.tags'} needs the "
+                              "dense CRF's colour kernel, which reads RGB images (3 channels)")
+        cfg.model.args["in_channels"] = c
     backbone = cfg.model.args.get("backbone")
     mean, std = encoder_normalization(backbone) if isinstance(backbone, str) else encoder_normalization("")
-    cfg.data.mean = list(mean) if cfg.data.mean is None else cfg.data.mean  # (ranges checked at load)
-    cfg.data.std = list(std) if cfg.data.std is None else cfg.data.std
+    cfg.data.mean = [mean[i % 3] for i in range(c)] if cfg.data.mean is None else cfg.data.mean
+    cfg.data.std = [std[i % 3] for i in range(c)] if cfg.data.std is None else cfg.data.std
+    for key in ("mean", "std"):
+        if len(getattr(cfg.data, key)) != c:
+            raise ConfigError(f"config key 'data.{key}': {len(getattr(cfg.data, key))} values for "
+                              f"{c} channel(s) (data.channels)")
 
 
 def resolve_class_weights(cfg: Config, train_ds: SegmentationDataset) -> torch.Tensor | None:

@@ -35,8 +35,12 @@ def image_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float()
 
 
-def check_crf_for(params: CRFParams, num_classes: int) -> None:
-    """The CRF settings fit a model of ``num_classes`` classes (checked before any network runs)."""
+def check_crf_for(params: CRFParams, num_classes: int, channels: int = 3) -> None:
+    """The CRF settings fit a model of ``num_classes`` classes taking ``channels``-band images (checked before
+    any network runs): the appearance kernel reads RGB colour, so other band counts are refused."""
+    if channels != 3:
+        raise ConfigError(f"the dense CRF's appearance kernel reads RGB colour; this model takes {channels}-band "
+                          "images, so it cannot be refined with --crf")
     try:
         params.validate(num_classes)
     except ValueError as e:
