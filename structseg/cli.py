@@ -112,7 +112,8 @@ def cmd_eval(a: argparse.Namespace) -> None:
 def cmd_predict(a: argparse.Namespace) -> None:
     from .engine.predict import predict_paths
     r = predict_paths(a.checkpoint, a.inputs, a.out, progress=not a.quiet, crf=_crf_params(a), amp=a.amp,
-                      skip_bad=a.skip_bad, inference=_inference(a), batch=a.batch, save_probs=a.save_probs)
+                      skip_bad=a.skip_bad, inference=_inference(a), batch=a.batch, save_probs=a.save_probs,
+                      crf_tile=a.crf_tile)
     skipped = f"; skipped {len(r['skipped'])} unreadable file(s)" if r["skipped"] else ""
     print(f"wrote {r['written']} label maps to {Path(a.out) / 'labels'} and overlays to "
           f"{Path(a.out) / 'overlays'}{skipped}")
@@ -390,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True, help="new or existing folder (not an input folder): labels/, overlays/")
     pr.add_argument("--skip-bad", action="store_true", help="report and skip unreadable images instead of stopping")
     pr.add_argument("--batch", type=int, default=4, help="images of one size per forward pass (default 4)")
+    pr.add_argument("--crf-tile", type=int, default=1024, metavar="N",
+                    help="with --crf and --mode slide: the CRF runs on N x N tiles with 64 pixels of context "
+                         "(memory bounded by N; default 1024)")
     pr.add_argument("--save-probs", action="store_true", help="also write probs/NAME.npy: float16 (C, H, W) "
                     "class probabilities")
     pr.add_argument("--quiet", action="store_true")

@@ -138,6 +138,32 @@ def slide_labels(model: torch.nn.Module, image: torch.Tensor, mean, std, device:
     return labels
 
 
+def crf_tile_labels(bands, image, refine, h: int, w: int, tile: int = 1024, margin: int = 64) -> torch.Tensor:
+    """Class indices ``(H, W)`` uint8 of the dense CRF applied tile by tile to streamed logits.
+
+    ``bands`` yields ``(row, logits (C, rows, w))`` top to bottom (as :func:`slide_bands` does); ``refine(logits
+    (1, C, h', w'), image (h', w', 3))`` returns the CRF's marginals. The image is cut into ``tile x tile`` cores;
+    each is refined with ``margin`` pixels of context on every side (clipped at the image's edges) and only its
+    core is kept, so pixels near a seam still see their neighbours across it. Logits are held for one row of
+    CRF tiles (``tile + 2 * margin`` rows), the CRF for one tile: memory is bounded by ``tile``, not the image.
+    One tile covering the image is the whole-image CRF."""
+    labels = torch.empty(h, w, dtype=torch.uint8)
+    buf, buf_top, core = None, 0, 0
+    for top, band in bands:
+        buf = band if buf is None else torch.cat([buf, band], 1)
+        while core < h and buf_top + buf.shape[1] >= min(h, core + tile + margin):
+            y0, y1 = max(0, core - margin), min(h, core + tile + margin)
+            for x in range(0, w, tile):
+                x0, x1 = max(0, x - margin), min(w, x + tile + margin)
+                probs = refine(buf[None, :, y0 - buf_top:y1 - buf_top, x0:x1], image[y0:y1, x0:x1])
+                cy, cx = core - y0, x - x0
+                labels[core:core + tile, x:x + tile] = probs[0, :, cy:cy + tile, cx:cx + tile].argmax(0).to(torch.uint8)
+            core += tile
+            drop = max(0, core - margin - buf_top)
+            buf, buf_top = buf[:, drop:], buf_top + drop
+    return labels
+
+
 def infer_logits(model: torch.nn.Module, x: torch.Tensor, device: torch.device, dtype: torch.dtype | None,
                  settings: InferenceSettings | None = None, channels_last: bool = False) -> torch.Tensor:
     """Logits ``(1, C, H, W)`` of one normalised image as ``settings`` say (on the CPU for slide and TTA)."""

@@ -23,7 +23,14 @@ from ..structured.crf_postprocess import check_crf_for, crf_refiner
 from ..structured.dense_crf import CRFParams
 from .checkpoint import load_pretrained
 from .evaluate import memory_guard
-from .inference import InferenceSettings, forward_logits, infer_logits, slide_labels
+from .inference import (
+    InferenceSettings,
+    crf_tile_labels,
+    forward_logits,
+    infer_logits,
+    slide_bands,
+    slide_labels,
+)
 from .metrics import class_map
 from .runtime import amp_dtype, pick_device
 
@@ -66,7 +73,8 @@ class Predictor:
     """Segments images with a trained checkpoint (normalisation, band count and classes come from it)."""
 
     def __init__(self, checkpoint: str | Path, device: torch.device | None = None, crf: CRFParams | None = None,
-                 amp: str = "auto", inference: InferenceSettings | None = None):
+                 amp: str = "auto", inference: InferenceSettings | None = None, crf_tile: int = 1024,
+                 crf_margin: int = 64):
         self.device = device or pick_device()
         self.model = load_pretrained(checkpoint, self.device)
         self.classes = self.model.classes
@@ -77,6 +85,9 @@ class Predictor:
         self.dtype = amp_dtype(amp, self.device)
         self.inference = inference
         self.refine = crf_refiner(crf) if crf is not None else None
+        if crf_tile < 1 or crf_margin < 0:
+            raise DataError(f"CRF tiles: tile {crf_tile} must be >= 1 and margin {crf_margin} >= 0")
+        self.crf_tile, self.crf_margin = crf_tile, crf_margin
 
     def scores(self, image: np.ndarray) -> torch.Tensor:
         """``(C, H, W)`` class scores for an ``(H, W, bands)`` image: logits, or CRF marginals."""
@@ -87,12 +98,20 @@ class Predictor:
         return out[0].cpu()
 
     def predict(self, image: np.ndarray) -> np.ndarray:
-        """``uint8 (H, W)`` class indices. Sliding tiles without a CRF or TTA stream the image band by band,
-        so memory is that of one tile row whatever the image's size."""
+        """``uint8 (H, W)`` class indices. Sliding tiles without TTA stream the image band by band, so memory is
+        that of one tile row whatever the image's size; with a CRF, the CRF runs on tiles of ``crf_tile``
+        pixels (with ``crf_margin`` of context) of the streamed logits."""
         s = self.inference
-        if s is not None and s.mode == "slide" and self.refine is None and not s.augmented:
-            return slide_labels(self.model, torch.from_numpy(np.ascontiguousarray(image)), self.mean, self.std,
-                                self.device, self.dtype, s.tile, s.overlap, s.batch).numpy()
+        if s is not None and s.mode == "slide" and not s.augmented:
+            pixels = torch.from_numpy(np.ascontiguousarray(image))
+            if self.refine is None:
+                return slide_labels(self.model, pixels, self.mean, self.std, self.device, self.dtype, s.tile,
+                                    s.overlap, s.batch).numpy()
+            h, w = image.shape[:2]
+            th, tw = s.tile
+            bands = slide_bands(self.model, lambda y, x: network_input(pixels[y:y + th, x:x + tw], self.mean, self.std),
+                                h, w, self.device, self.dtype, s.tile, s.overlap, s.batch)
+            return crf_tile_labels(bands, image, self.refine, h, w, self.crf_tile, self.crf_margin).numpy()
         return class_map(self.scores(image), 0).numpy().astype(np.uint8)
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:
@@ -115,10 +134,12 @@ class Predictor:
 
 def predict_paths(checkpoint: str | Path, inputs: list[str | Path], out: str | Path, progress: bool = True,
                   crf: CRFParams | None = None, amp: str = "auto", skip_bad: bool = False,
-                  inference: InferenceSettings | None = None, batch: int = 1, save_probs: bool = False) -> dict:
+                  inference: InferenceSettings | None = None, batch: int = 1, save_probs: bool = False,
+                  crf_tile: int = 1024) -> dict:
     """Write ``OUT/labels/<stem>.png`` (class indices, palette PNG) and ``OUT/overlays/<stem>.png`` per image,
     and with ``save_probs`` ``OUT/probs/<stem>.npy`` (float16 ``(C, H, W)`` class probabilities, for a CRF or
-    DAE downstream). ``batch`` images of one size share a forward pass.
+    DAE downstream). ``batch`` images of one size share a forward pass; with a CRF and sliding tiles, the CRF
+    runs on ``crf_tile``-pixel tiles of the streamed logits (see :func:`crf_tile_labels`).
 
     Each file is written under a temporary name and renamed, so a killed run leaves no partial output
     (and the next run removes the temporaries it left). With ``skip_bad``, an unreadable image is reported
@@ -130,7 +151,7 @@ def predict_paths(checkpoint: str | Path, inputs: list[str | Path], out: str | P
     out = Path(out)
     files = collect_images(inputs)
     check_output_folder(out, inputs, files)
-    predictor = Predictor(checkpoint, crf=crf, amp=amp, inference=inference)
+    predictor = Predictor(checkpoint, crf=crf, amp=amp, inference=inference, crf_tile=crf_tile)
     if batch < 1:
         raise DataError(f"--batch must be >= 1, got {batch}")
     labels_dir = prepare_output_dir(out / "labels", "output folder")
