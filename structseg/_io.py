@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import CheckpointError, DataError
+from .errors import CheckpointError, DataError, ImageTooLargeError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".npy")
 # what a multi-band image may hold: 8- or 16-bit integers (scaled by their full range) or floats (taken as they are)
@@ -23,15 +23,36 @@ def _open(path: Path) -> Image.Image:
         raise DataError(f"{path}: is a folder, expected an image file")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    return _decode(path, str(path))
+
+
+def _decode(source, what: str, max_pixels: int | None = None) -> Image.Image:
+    """Decode ``source`` (a path or a binary file object), EXIF orientation applied; with ``max_pixels``, a header
+    that declares more pixels is refused before any pixel is decoded (a decompression bomb)."""
     try:
-        im = Image.open(path)
+        im = Image.open(source)
+        if max_pixels is not None and im.size[0] * im.size[1] > max_pixels:
+            raise ImageTooLargeError(f"{what}: {im.size[0]}x{im.size[1]} image ({im.size[0] * im.size[1]} pixels); "
+                                     f"at most {max_pixels} pixels are accepted")
         im.load()
         im = ImageOps.exif_transpose(im)  # a portrait phone photo stored sideways is turned upright
     except UnidentifiedImageError:
-        raise DataError(f"{path}: not an image file (cannot identify its format)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(f"{path}: corrupt, truncated or unreadable image ({e})") from None
+        raise DataError(f"{what}: not an image file (cannot identify its format)") from None
+    except Image.DecompressionBombError as e:
+        limit = f"; at most {max_pixels} pixels are accepted" if max_pixels is not None else ""
+        raise ImageTooLargeError(f"{what}: refused unread as a decompression bomb{limit} ({e})") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{what}: corrupt, truncated or unreadable image ({e})") from None
     return im
+
+
+def decode_image_bytes(data: bytes, what: str = "upload", max_pixels: int | None = None) -> np.ndarray:
+    """An encoded image (PNG, JPEG, ...) held in memory -> RGB ``uint8 (H, W, 3)``, converted as
+    :func:`load_image` converts files; nothing touches the filesystem. ``max_pixels``: see :func:`_decode`."""
+    import io
+    if not data:
+        raise DataError(f"{what}: empty file")
+    return _rgb(_decode(io.BytesIO(data), what, max_pixels), what)
 
 
 def _to_uint8_grey(im: Image.Image, path: Path) -> Image.Image:
@@ -66,11 +87,14 @@ def load_image(path: str | Path, channels: int = 3) -> np.ndarray:
             raise DataError(f"{path}: array of shape {arr.shape} and dtype {arr.dtype}; an RGB image as .npy must be "
                             "(H, W, 3) uint8 (for other band counts set data.channels)")
         return arr
-    im = _open(path)
+    return _rgb(_open(path), path)
+
+
+def _rgb(im: Image.Image, what) -> np.ndarray:
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        im = _to_uint8_grey(im, path)
+        im = _to_uint8_grey(im, what)
     if im.mode not in ("RGB", "RGBA", "L", "P", "PA", "LA", "CMYK", "YCbCr", "1", "RGBX"):
-        raise DataError(f"{path}: unsupported image mode {im.mode!r}; expected an RGB or greyscale image")
+        raise DataError(f"{what}: unsupported image mode {im.mode!r}; expected an RGB or greyscale image")
     return np.array(im.convert("RGB"))
 
 

@@ -1,4 +1,4 @@
-"""The ``structseg`` command line: data, convert, train, eval, predict, crf, export, demo, models."""
+"""The ``structseg`` command line: data, convert, train, eval, predict, crf, export, demo, serve, models."""
 from __future__ import annotations
 
 import argparse
@@ -79,7 +79,6 @@ def _crf_params(a: argparse.Namespace):
     return load_crf_params(a.crf or None, a.crf_set or [])
 
 
-TTA_SCALES = (0.75, 1.0, 1.25)
 
 
 def _numbers(text: str, what: str, cast=float) -> tuple:
@@ -91,6 +90,7 @@ def _numbers(text: str, what: str, cast=float) -> tuple:
 
 def _inference(a: argparse.Namespace):
     """How the network is applied, from --mode, --tile, --overlap, --tile-batch, --tta, --tta-scales, --tta-flip."""
+    from .config import TTA_SCALES
     from .engine.inference import InferenceSettings
     tile = _numbers(a.tile, "--tile", int) if a.tile else None
     scales = _numbers(a.tta_scales, "--tta-scales") if a.tta_scales else (TTA_SCALES if a.tta else (1.0,))
@@ -120,7 +120,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
 
 
 def _add_inference_options(p: argparse.ArgumentParser) -> None:
-    from .config import AmpMode
+    from .config import TTA_SCALES, AmpMode
     p.add_argument("--crf", nargs="?", const="", metavar="FILE",
                    help="refine with a dense CRF; FILE: its settings (YAML, e.g. from 'structseg crf search')")
     p.add_argument("--crf-set", action="append", metavar="KEY=VALUE",
@@ -148,6 +148,17 @@ def cmd_crf_search(a: argparse.Namespace) -> None:
 def cmd_demo(a: argparse.Namespace) -> None:
     from .workflows.demo import run_demo
     run_demo(Path(a.out), minutes=a.minutes)
+
+
+def cmd_serve(a: argparse.Namespace) -> None:
+    from .workflows.serve import ServeSettings, serve
+    if a.port < 0 or a.port > 65535:
+        raise StructsegError(f"--port {a.port}: expected 0-65535")
+    for key in ("max_upload_mb", "max_pixels", "queue"):
+        if getattr(a, key) <= 0:
+            raise StructsegError(f"--{key.replace('_', '-')} must be positive, got {getattr(a, key)}")
+    serve(a.models, a.host, a.port, ServeSettings(max_upload_mb=a.max_upload_mb, max_pixels=a.max_pixels,
+                                                  queue=a.queue, threads=a.threads))
 
 
 def cmd_convert(a: argparse.Namespace) -> None:
@@ -458,6 +469,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="structseg-demo", help="demo folder (default ./structseg-demo)")
     d.add_argument("--minutes", type=float, default=2.0, help="training time budget (default 2)")
     d.set_defaults(func=cmd_demo)
+
+    sv = sub.add_parser("serve", help="HTTP inference server and web page ([serve] extra)")
+    sv.add_argument("models", nargs="*", help="shipped model names or checkpoint files (default: every shipped model)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body (default 20 MB)")
+    sv.add_argument("--max-pixels", type=int, default=40_000_000,
+                    help="largest image (width x height) accepted; larger headers are refused unread (default 40M); "
+                         "images over 2048x2048 pixels run by sliding tiles")
+    sv.add_argument("--queue", type=int, default=8, help="requests running or waiting at once; more get 503 (default 8)")
+    sv.add_argument("--threads", type=int, default=0, help="torch threads for inference (default: all cores)")
+    sv.set_defaults(func=cmd_serve)
 
     m = sub.add_parser("models", help="table of models: parameters, GMACs and CPU latency")
     m.add_argument("--args", action="store_true", help="list each model's keyword arguments instead")

@@ -18,6 +18,7 @@ import yaml
 
 from .errors import ConfigError
 
+TTA_SCALES = (0.75, 1.0, 1.25)  # what test-time augmentation (--tta) means: these scales and the horizontal flip
 AmpMode = Literal["auto", "bf16", "fp16", "off"]  # autocast: auto (bf16 where supported), bf16, fp16, off (fp32)
 # input normalisations (x / 255 - mean) / std that ImageNet weights expect; data.mean/std null picks the backbone's
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # torchvision's statistics

@@ -16,3 +16,7 @@ class DataError(StructsegError):
 
 class CheckpointError(StructsegError):
     """A checkpoint cannot be read or does not match what is asked of it."""
+
+
+class ImageTooLargeError(DataError):
+    """An image's header declares more pixels than allowed (refused before its pixels are decoded)."""

@@ -1,6 +1,7 @@
 """``structseg predict``: label PNGs and colour overlays for new images, from a checkpoint alone."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +89,14 @@ class Predictor:
         if crf_tile < 1 or crf_margin < 0:
             raise DataError(f"CRF tiles: tile {crf_tile} must be >= 1 and margin {crf_margin} >= 0")
         self.crf_tile, self.crf_margin = crf_tile, crf_margin
+
+    def variant(self, inference: InferenceSettings | None = None, crf: CRFParams | None = None) -> "Predictor":
+        """The same loaded network with other inference settings and CRF (e.g. per request of a server)."""
+        other = copy.copy(self)
+        if crf is not None:
+            check_crf_for(crf, self.classes.num_classes, self.channels)
+        other.inference, other.refine = inference, crf_refiner(crf) if crf is not None else None
+        return other
 
     def scores(self, image: np.ndarray) -> torch.Tensor:
         """``(C, H, W)`` class scores for an ``(H, W, bands)`` image: logits, or CRF marginals."""
