@@ -176,3 +176,13 @@ def test_torch_export_matches_eager(name):
     program = torch.export.export(model, (x,))
     with torch.no_grad():
         torch.testing.assert_close(program.module()(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("h, w", [(7, 9), (12, 12), (5, 3), (45, 61)])
+def test_pyramid_pooling_cells_equal_adaptive_average_pooling(h, w):
+    import torch.nn.functional as F
+
+    from structseg.models.heads import AdaptiveAvgPool
+    x = torch.randn(2, 3, h, w, generator=torch.Generator().manual_seed(h * w))
+    for bins in (1, 2, 3, 6):  # 6 bins on 5 or 3 pixels: overlapping cells, as PyTorch makes them
+        torch.testing.assert_close(AdaptiveAvgPool(bins)(x), F.adaptive_avg_pool2d(x, bins))

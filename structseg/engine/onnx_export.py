@@ -23,9 +23,11 @@ from .checkpoint import (
     load_checkpoint,
     model_from_checkpoint,
 )
-from .onnx_model import require_package
+from .onnx_model import require_package, run_onnx
 
-ONNX_TOLERANCE = 1e-3  # max |logit difference| accepted between ONNX Runtime and PyTorch (float32)
+# max |logit difference| accepted between ONNX Runtime and PyTorch (float32), relative to the largest |logit|
+# (floored at 1): deep random-initialised networks reach logits of 1e4-1e7, where float32 rounding alone is 1e-6
+ONNX_TOLERANCE = 1e-5
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, check: bool = True) -> dict:
@@ -41,12 +43,17 @@ def export_onnx(checkpoint: str | Path, out: str | Path, check: bool = True) -> 
     mean, std = checkpoint_normalization(ckpt, checkpoint)
     meta = {"model": ckpt["model"], "classes": checkpoint_classes(ckpt).to_dict(),
             "normalization": {"mean": list(mean), "std": list(std)}}
+    # height and width are exported as multiples of the model's stride (the model pads to it anyway); run_onnx
+    # pads other sizes the way the model does. Fully symbolic sizes would make the exporter prove shape
+    # equalities like "n is even" that it cannot (ENet's two-branch downsampling)
+    multiple = int(getattr(model, "stride", 32))
+    meta["size_multiple"] = multiple
     dim = torch.export.Dim
-    shapes = {"x": {0: dim("batch", min=1, max=256), 2: dim("height", min=32, max=16384),
-                    3: dim("width", min=32, max=16384)}}
+    shapes = {"x": {0: dim("batch", min=1, max=256), 2: multiple * dim("height_blocks", min=1, max=16384 // multiple),
+                    3: multiple * dim("width_blocks", min=1, max=16384 // multiple)}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        program = torch.onnx.export(model, (torch.randn(2, len(mean), 64, 96),), dynamo=True, input_names=["image"],
+        program = torch.onnx.export(model, (torch.randn(2, len(mean), 2 * multiple, 3 * multiple),), dynamo=True, input_names=["image"],
                                     output_names=["logits"], dynamic_shapes=shapes, verbose=False)
     proto = program.model_proto
     entry = proto.metadata_props.add()
@@ -61,12 +68,13 @@ def export_onnx(checkpoint: str | Path, out: str | Path, check: bool = True) -> 
         session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
         x = torch.randn(3, len(mean), 75, 101, generator=torch.Generator().manual_seed(0))
         with torch.no_grad():
-            ref = model(x).numpy()
-        got = session.run(None, {"image": x.numpy()})[0]
-        diff = float(abs(got - ref).max())
-        if not diff <= ONNX_TOLERANCE:
+            ref = model(x)
+        got = run_onnx(session, x, multiple)
+        diff = float((got - ref).abs().max())
+        bound = ONNX_TOLERANCE * max(1.0, float(ref.abs().max()))
+        if not diff <= bound:
             Path(out).unlink(missing_ok=True)
-            raise StructsegError(f"{out}: ONNX Runtime's logits differ from PyTorch's by {diff:.2e} (> "
-                                 f"{ONNX_TOLERANCE}); the file was removed")
-        meta = {**meta, "max_abs_diff": diff}
+            raise StructsegError(f"{out}: ONNX Runtime's logits differ from PyTorch's by {diff:.2e} (> {bound:.2e}, "
+                                 f"{ONNX_TOLERANCE:g} of the largest logit); the file was removed")
+        meta = {**meta, "max_abs_diff": diff, "max_abs_logit": float(ref.abs().max())}
     return meta

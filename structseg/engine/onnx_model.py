@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..errors import StructsegError
 
@@ -27,6 +29,19 @@ def onnx_metadata(path: str | Path) -> dict:
     return json.loads(props["structseg"])
 
 
+def run_onnx(session, x: torch.Tensor, multiple: int = 1) -> torch.Tensor:
+    """Logits of normalised images ``(N, C, H, W)`` from an ONNX Runtime session of an exported file whose
+    height and width must be multiples of ``multiple``: padded at the bottom and right as the PyTorch model
+    pads itself (reflect; replicate when the pad exceeds the image), run, and cropped back."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    xp = x.detach().float().cpu()
+    if ph or pw:
+        xp = F.pad(xp, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
+    out = session.run(None, {"image": np.ascontiguousarray(xp.numpy())})[0]
+    return torch.from_numpy(out[..., :h, :w].copy())
+
+
 class OnnxModel(torch.nn.Module):
     """An exported ``.onnx`` file run by ONNX Runtime (CPU) behind the module interface ``predict`` uses:
     ``model(x)`` -> logits, with ``classes``, ``normalization`` and ``metrics`` from the file's metadata."""
@@ -40,8 +55,8 @@ class OnnxModel(torch.nn.Module):
         self.classes = ClassInfo.from_dict(meta["classes"], f"{path} metadata")
         self.normalization = (tuple(meta["normalization"]["mean"]), tuple(meta["normalization"]["std"]))
         self.in_channels = len(self.normalization[0])
+        self.size_multiple = int(meta.get("size_multiple", 1))  # files exported before it was recorded: any size
         self.metrics: dict = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {"image": x.detach().float().cpu().contiguous().numpy()})[0]
-        return torch.from_numpy(out).to(x.device)
+        return run_onnx(self.session, x, self.size_multiple).to(x.device)

@@ -89,8 +89,10 @@ class UpBottleneck(nn.Module):
             _cba(inner, cout, 1, act=False), nn.Dropout2d(dropout))
         self.act = nn.ReLU(inplace=True)
 
-    def forward(self, x: torch.Tensor, idx: torch.Tensor, size) -> torch.Tensor:
-        main = F.max_unpool2d(self.main(x), idx, 2, 2, output_size=size)
+    def forward(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        # inputs are padded to a multiple of the stride, so unpooling doubles the size exactly (no output_size:
+        # a symbolic one is what keeps torch.export from exporting ENet at dynamic sizes)
+        main = F.max_unpool2d(self.main(x), idx, 2, 2)
         return self.act(main + self.branch(x))
 
 
@@ -117,18 +119,15 @@ class ENet(SegmentationModel):
         self.stage4 = nn.Sequential(Bottleneck(64, relu=True), Bottleneck(64, relu=True))
         self.up5 = UpBottleneck(64, 16, 0.1)
         self.stage5 = Bottleneck(16, relu=True)
-        self.full_conv = nn.ConvTranspose2d(16, num_classes, 3, stride=2, padding=1, bias=False)
+        self.full_conv = nn.ConvTranspose2d(16, num_classes, 3, stride=2, padding=1, output_padding=1, bias=False)
         init_weights(self)
 
     def forward_padded(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[-2:]
         x = self.initial(x)
-        s1 = x.shape[-2:]
         x, i1 = self.down1(x)
         x = self.stage1(x)
-        s2 = x.shape[-2:]
         x, i2 = self.down2(x)
         x = self.stage3(self.stage2(x))
-        x = self.stage4(self.up4(x, i2, s2))
-        x = self.stage5(self.up5(x, i1, s1))
-        return self.full_conv(x, output_size=size)
+        x = self.stage4(self.up4(x, i2))
+        x = self.stage5(self.up5(x, i1))
+        return self.full_conv(x)  # 2x exactly: (n - 1) * 2 - 2 + 3 + 1

@@ -28,12 +28,37 @@ class ASPP(nn.Module):
         return self.project(torch.cat(outs, 1))
 
 
+def _bin_weights(n, bins: int, like: torch.Tensor) -> torch.Tensor:
+    """``(bins, n)``: row i averages positions [floor(i n / bins), ceil((i + 1) n / bins)), the cells of
+    ``adaptive_avg_pool``."""
+    j = torch.arange(n, device=like.device)[None]
+    i = torch.arange(bins, device=like.device)[:, None]
+    start, end = (i * n) // bins, ((i + 1) * n + bins - 1) // bins
+    mask = ((j >= start) & (j < end)).to(like.dtype)
+    return mask / mask.sum(1, keepdim=True)
+
+
+class AdaptiveAvgPool(nn.Module):
+    """``nn.AdaptiveAvgPool2d(bins)`` written as two averaging matrices built from the input's size: the same
+    cells and values, and it exports to ONNX at dynamic sizes (the built-in pooling's exported index arithmetic
+    is specialised to the example's size, and ONNX Runtime then fails or is wrong at other sizes)."""
+
+    def __init__(self, bins: int):
+        super().__init__()
+        self.bins = bins
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = _bin_weights(x.shape[-2], self.bins, x)
+        cols = _bin_weights(x.shape[-1], self.bins, x)
+        return torch.einsum("ih,nchw,jw->ncij", rows, x, cols)
+
+
 class PyramidPooling(nn.Module):
     """PSPNet's pyramid pooling module: pooled to bins x bins, 1x1 conv to cin/len(bins), upsampled."""
 
     def __init__(self, cin: int, bins: tuple[int, ...] = (1, 2, 3, 6)):
         super().__init__()
-        self.stages = nn.ModuleList([nn.Sequential(nn.AdaptiveAvgPool2d(b), conv_bn_relu(cin, cin // len(bins), 1))
+        self.stages = nn.ModuleList([nn.Sequential(AdaptiveAvgPool(b), conv_bn_relu(cin, cin // len(bins), 1))
                                      for b in bins])
         self.channels = cin + (cin // len(bins)) * len(bins)
 
