@@ -1,15 +1,20 @@
 """Dense-CRF speed and agreement: structseg's pure-PyTorch lattice vs pydensecrf on the same input.
 
 Input: a real CamVid frame (480x360, and the same frame upscaled to 960x720) and a simulated
-network output, softmax(4 * onehot(label) + N(0, 1) + 1.5 * smooth noise), with 11 classes or
-21 (10 extra noise-only channels); Krähenbühl's settings (smoothness 3/3, appearance 10/80/13).
+network output, softmax(4 * onehot(label) + N(0, 1) + 1.5 * smooth noise), with C classes (``--classes``;
+CamVid's 11 labels folded modulo C below 11, noise-only channels added above); Krähenbühl's settings
+(smoothness 3/3, appearance 10/80/13). ``--batch N`` adds a batched case: N frames (the frame and its
+mirror images, alternating) in one call of ours against N pydensecrf calls.
 Both sides are timed end to end: unary from probabilities, lattice construction, N mean-field
 iterations, argmax. Reported: median of --repeats runs (after three warm-up runs; ours and
 pydensecrf alternate run by run), the share of identical labels, and forward+backward time of our CRF (gradient w.r.t. the unaries).
 Before every timed block the script waits until the machine is idle (< 10 % busy).
 
     pip install -e ".[bench]"        # pydensecrf2, the reference
-    python benchmarks/crf_speed.py [--repeats 5] [--device cpu|cuda] [--json out.json]
+    python benchmarks/crf_speed.py [--repeats 5] [--classes 2,3,8,11,16,21,32,59,150] [--iterations 5]
+        [--threads 1] [--batch 8] [--no-backward] [--device cpu|cuda] [--json out.json]
+
+The CPU model and its vector extensions are printed first.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from structseg.engine.metrics import class_map
 from structseg.structured.dense_crf import (
     CRFParams,
     mean_field,
+    softmax_rows,
     unary_from_probabilities,
 )
 
@@ -65,11 +71,33 @@ def make_input(scale: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.
     h, w = label.shape
     g = torch.Generator().manual_seed(seed)
     lab = torch.from_numpy(label.astype(np.int64))
-    boost = F.one_hot(lab.clamp(max=10), classes).permute(2, 0, 1).float() * 4 * (lab < 11)
+    boost = F.one_hot(lab.clamp(max=10) % classes, classes).permute(2, 0, 1).float() * 4 * (lab < 11)
     smooth = F.avg_pool2d(torch.randn(1, classes, h, w, generator=g), 8 * scale + 1, 1, 4 * scale)[0]
     smooth = smooth / smooth.std()
     logits = boost + torch.randn(classes, h, w, generator=g) + 1.5 * smooth
-    return image, torch.softmax(logits, 0).numpy().astype(np.float32), label
+    return image, torch.softmax(logits, 0).numpy().astype(np.float32), np.where(label < 11, label % classes, 255)
+
+
+def cpu_description() -> str:
+    """The CPU's model name and the vector extensions that decide PyTorch's kernels."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    wanted = ["sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_bf16"]
+    have = [f for f in wanted if f in flags]
+    return f"{model}; {', '.join(have) or 'no x86 vector flags read'}; torch CPU capability " \
+           f"{torch.backends.cpu.get_cpu_capability()}"
+
+
+def run_pydensecrf_batch(images, probs_list, it, p: CRFParams):
+    return [run_pydensecrf(im, pr, it, p) for im, pr in zip(images, probs_list)]
 
 
 def run_pydensecrf(image, probs, it, p: CRFParams):
@@ -84,10 +112,11 @@ def run_pydensecrf(image, probs, it, p: CRFParams):
     return q.argmax(0)
 
 
-def run_ours(image_t, probs_t, it, p: CRFParams):
+def run_ours_all(image_t, probs_t, it, p: CRFParams):
+    """Label maps ``(B, H, W)`` of a batch of frames in one call."""
     with torch.no_grad():
         q = mean_field(unary_from_probabilities(probs_t), image_t, p)
-    return class_map(q)[0].cpu().numpy()
+    return class_map(q).cpu().numpy()
 
 
 def run_ours_backward(image_t, probs_t, it, p: CRFParams):
@@ -132,7 +161,7 @@ def breakdown(image_t, probs_t, p: CRFParams, repeats: int) -> dict:
     smooth = position_block(h, w, p.smoothness_xy, probs_t.device)
     appear = _Block(GaussianKernel(appearance_features(image_t, p.appearance_xy, p.appearance_rgb)))
     op = MessageOperator(smooth, appear, 1)
-    q = torch.softmax(-uu, 1)
+    q = softmax_rows(-uu)
     stages = {
         "unary from probabilities": lambda: unary_from_probabilities(probs_t),
         "appearance lattice alone": lambda: PermutohedralLattice(
@@ -144,7 +173,7 @@ def breakdown(image_t, probs_t, p: CRFParams, repeats: int) -> dict:
         "splat/slice operators of both kernels": lambda: MessageOperator(smooth, _Block(
             GaussianKernel(appearance_features(image_t, p.appearance_xy, p.appearance_rgb))), 1),
         "one iteration: message": lambda: op(q, (p.smoothness_weight, p.appearance_weight)),
-        "one iteration: softmax(message - unary)": lambda: torch.softmax(uu - q, 1),
+        "one iteration: softmax(message - unary)": lambda: softmax_rows(uu - q),
         "label map: argmax(1)": lambda: probs_t.argmax(1),
         "label map: max(1).indices (class_map)": lambda: class_map(probs_t),
     }
@@ -172,9 +201,14 @@ def main() -> None:
     ap.add_argument("--json", help="also write the rows as JSON")
     ap.add_argument("--scales", default="1,2", help="1: 480x360, 2: 960x720 (comma-separated)")
     ap.add_argument("--breakdown", action="store_true", help="also time each stage of our CRF (per size and C)")
+    ap.add_argument("--classes", default="11,21", help="class counts (comma-separated)")
+    ap.add_argument("--iterations", default="5,10", help="mean-field iteration counts (comma-separated)")
+    ap.add_argument("--batch", type=int, default=0, help="also time N frames per call against N pydensecrf calls")
+    ap.add_argument("--no-backward", action="store_true", help="skip the forward+backward timing")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    print(f"CPU: {cpu_description()}", flush=True)
     device = torch.device(a.device)
     sync = (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)
     have_ref = importlib.util.find_spec("pydensecrf") is not None and device.type == "cpu"
@@ -182,7 +216,7 @@ def main() -> None:
         print("pydensecrf not installed (pip install -e '.[bench]') or not on CPU: timing structseg only")
     rows = []
     for scale in map(int, a.scales.split(",")):
-        for classes in (11, 21):
+        for classes in map(int, a.classes.split(",")):
             image, probs, label = make_input(scale, classes)
             image_t = torch.from_numpy(image).permute(2, 0, 1)[None].float().to(device)
             probs_t = torch.from_numpy(probs)[None].to(device)
@@ -191,35 +225,49 @@ def main() -> None:
                 ms = breakdown(image_t, probs_t, p, a.repeats)
                 print(json.dumps({"size": f"{image.shape[1]}x{image.shape[0]}", "classes": classes,
                                   "stage_ms": {k: round(v, 1) for k, v in ms.items()}}), flush=True)
-            for it in (5, 10):
+            cases = [(1, image_t, probs_t)]
+            if a.batch > 1:
+                imgs = [image if i % 2 == 0 else np.ascontiguousarray(image[:, ::-1]) for i in range(a.batch)]
+                prbs = [probs if i % 2 == 0 else np.ascontiguousarray(probs[:, :, ::-1]) for i in range(a.batch)]
+                cases.append((a.batch, torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float().to(device),
+                              torch.from_numpy(np.stack(prbs)).to(device)))
+            for it in map(int, a.iterations.split(",")):
                 p = CRFParams(iterations=it)
-                fns = {"ours": lambda: run_ours(image_t, probs_t, it, p),
-                       "bwd": lambda: run_ours_backward(image_t, probs_t, it, p)}
-                if have_ref:
-                    fns["ref"] = lambda: run_pydensecrf(image, probs, it, p)
-                res = timed(fns, a.repeats, sync)
-                (t_ours, ours), (t_bwd, _) = res["ours"], res["bwd"]
-                row = {"size": f"{image.shape[1]}x{image.shape[0]}", "classes": classes, "iterations": it,
-                       "ours_ms": 1000 * t_ours, "ours_fwd_bwd_ms": 1000 * t_bwd}
-                if have_ref:
-                    t_ref, ref = res["ref"]
-                    row |= {"pydensecrf_ms": 1000 * t_ref, "speedup": t_ref / t_ours,
-                            "identical_labels": float((ref == ours).mean())}
-                valid = label < 11
-                row["pixel_acc_unary"] = float((probs.argmax(0) == label)[valid].mean())
-                row["pixel_acc_crf"] = float((ours == label)[valid].mean())
-                rows.append(row)
-                print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+                for n, im_t, pr_t in cases:
+                    fns = {"ours": lambda: run_ours_all(im_t, pr_t, it, p)}
+                    if not a.no_backward and n == 1:
+                        fns["bwd"] = lambda: run_ours_backward(im_t, pr_t, it, p)
+                    if have_ref:
+                        fns["ref"] = (lambda: run_pydensecrf(image, probs, it, p)) if n == 1 else \
+                            (lambda: run_pydensecrf_batch(imgs, prbs, it, p))
+                    res = timed(fns, a.repeats, sync)
+                    t_ours, ours = res["ours"]
+                    row = {"size": f"{image.shape[1]}x{image.shape[0]}", "batch": n, "classes": classes,
+                           "iterations": it, "ours_ms": 1000 * t_ours}
+                    if "bwd" in res:
+                        row["ours_fwd_bwd_ms"] = 1000 * res["bwd"][0]
+                    if have_ref:
+                        t_ref, ref = res["ref"]
+                        ref = np.stack(ref) if n > 1 else ref[None]
+                        row |= {"pydensecrf_ms": 1000 * t_ref, "speedup": t_ref / t_ours,
+                                "identical_labels": float((ref == ours).mean())}
+                    valid = label < 255
+                    row["pixel_acc_unary"] = float((probs.argmax(0) == label)[valid].mean())
+                    row["pixel_acc_crf"] = float((ours[0] == label)[valid].mean())
+                    rows.append(row)
+                    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
+                          flush=True)
     print(f"\nmachine: {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"device {device}; median of {a.repeats}")
-    head = "| size | C | it | pydensecrf ms | structseg ms | speed-up | identical labels | structseg fwd+bwd ms |"
-    print(head + "\n|" + "---|" * 8)
+    head = "| size | batch | C | it | pydensecrf ms | structseg ms | speed-up | identical labels | structseg fwd+bwd ms |"
+    print(head + "\n|" + "---|" * 9)
     for r in rows:
         ref = f"{r['pydensecrf_ms']:.0f}" if "pydensecrf_ms" in r else "-"
         sp = f"{r['speedup']:.2f}x" if "speedup" in r else "-"
         same = f"{100 * r['identical_labels']:.3f} %" if "identical_labels" in r else "-"
-        print(f"| {r['size']} | {r['classes']} | {r['iterations']} | {ref} | {r['ours_ms']:.0f} | {sp} | {same} | "
-              f"{r['ours_fwd_bwd_ms']:.0f} |")
+        bwd = f"{r['ours_fwd_bwd_ms']:.0f}" if "ours_fwd_bwd_ms" in r else "-"
+        print(f"| {r['size']} | {r['batch']} | {r['classes']} | {r['iterations']} | {ref} | {r['ours_ms']:.0f} | {sp} | "
+              f"{same} | {bwd} |")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
 

@@ -250,6 +250,21 @@ def message_operator(image: torch.Tensor, params: CRFParams, dtype: torch.dtype 
     return MessageOperator(smooth, appear, b)
 
 
+_SHORT_ROWS = 16  # PyTorch's CPU softmax over the last dimension takes a slow path for rows shorter than this
+
+
+def softmax_rows(x: torch.Tensor) -> torch.Tensor:
+    """``softmax(x, 1)`` of an ``(N, C)`` tensor; rows shorter than 16 are padded with -inf to 16 first.
+
+    On the CPU, PyTorch's last-dimension softmax is 2-7x slower for C < 16 than for C = 16 (measured at
+    N = 172800: 13 ms at C = 11 against 2 ms padded; docs/benchmarks.md), which made the CRF's iteration
+    slowest at CamVid's 11 classes. The padded columns get probability exactly 0 and are dropped."""
+    c = x.shape[1]
+    if c >= _SHORT_ROWS or x.device.type != "cpu":
+        return torch.softmax(x, 1)
+    return torch.softmax(F.pad(x, (0, _SHORT_ROWS - c), value=-math.inf), 1)[:, :c].contiguous()
+
+
 def mean_field(unary: torch.Tensor, image: torch.Tensor, params: CRFParams,
                compatibility: torch.Tensor | None = None,
                weights: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -272,6 +287,11 @@ def mean_field(unary: torch.Tensor, image: torch.Tensor, params: CRFParams,
     if not all_finite(unary):
         raise ValueError("unary contains NaN or infinity")
     b, c, h, w = unary.shape
+    if b > 1 and operator is None and unary.device.type == "cpu":
+        # one image at a time on the CPU: a lattice over the whole batch is slower per image than b small ones
+        # (measured: 8 frames of 480x360 at C = 11 took 1.9x the time of 8 separate calls; docs/benchmarks.md)
+        return torch.cat([mean_field(unary[i:i + 1], image[i:i + 1], params, compatibility, weights)
+                          for i in range(b)])
     dtype = torch.float64 if unary.dtype == torch.float64 else torch.float32
     if operator is None:
         op = message_operator(image, params, dtype)
@@ -282,15 +302,15 @@ def mean_field(unary: torch.Tensor, image: torch.Tensor, params: CRFParams,
         op = operator
     weights = weights if weights is not None else (params.smoothness_weight, params.appearance_weight)
     u = unary.to(dtype).permute(0, 2, 3, 1).reshape(b * h * w, c).contiguous()  # (BN, C), image 0 first
-    q = torch.softmax(-u, 1)
+    q = softmax_rows(-u)
     for _ in range(params.iterations):
         message = op(q, weights)
         if compatibility is None:
-            q = torch.softmax(message.sub_(u), 1)
+            q = softmax_rows(message.sub_(u))
         elif compatibility.dim() == 1:
-            q = torch.softmax(message * compatibility.to(device=message.device, dtype=message.dtype) - u, 1)
+            q = softmax_rows(message * compatibility.to(device=message.device, dtype=message.dtype) - u)
         else:
-            q = torch.softmax(-u - message @ compatibility.T.to(device=message.device, dtype=message.dtype), 1)
+            q = softmax_rows(-u - message @ compatibility.T.to(device=message.device, dtype=message.dtype))
     return q.view(b, h, w, c).permute(0, 3, 1, 2).contiguous().to(unary.dtype)
 
 
