@@ -1,6 +1,6 @@
 """Training-step time of a network with and without the dual-decomposition CRF layer (seed 002's 1.3x target).
 
-    python benchmarks/dd_training_step.py [--batch 4] [--crop 352] [--threads 1] [--repeats 3]
+    python benchmarks/dd_training_step.py [--batch 4] [--crop 352] [--threads 1] [--repeats 3] [--only deeplabv3]
 
 Full steps (bf16 autocast forward, cross-entropy, backward, SGD update) on random batches, channels-last,
 11 classes, each candidate stepped in turn (so a busy machine slows every candidate alike), median of
@@ -35,10 +35,13 @@ def main() -> None:
     ap.add_argument("--crop", type=int, default=352)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", default="", help="time only the candidates whose name starts with this")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     models, opts = {}, {}
     for name, (arch, args, crf) in CANDIDATES.items():
+        if not name.startswith(a.only):
+            continue
         spec = {"name": arch, "args": args, "num_classes": 11, **({"crf": crf} if crf else {})}
         models[name] = build_model(spec, (0.5,) * 3, (0.5,) * 3).train().to(memory_format=torch.channels_last)
         opts[name] = torch.optim.SGD(models[name].parameters(), lr=1e-4)

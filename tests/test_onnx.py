@@ -80,6 +80,34 @@ def test_predict_runs_an_exported_onnx_file(tiny_run, synth_root, tmp_path):
     assert len(list((tmp_path / "tiles" / "labels").glob("*.png"))) == 24
 
 
+def test_eval_scores_an_onnx_file_like_its_checkpoint_and_altered_files_are_refused(tiny_run, synth_root, tmp_path,
+                                                                                    capsys):
+    import json
+
+    import onnx
+
+    from structseg.cli import main
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(tiny_run), str(out)]) == 0
+    for src, dst in ((tiny_run, "pt"), (out, "onnx")):
+        assert main(["eval", str(src), "--data", str(synth_root), "--split", "val.txt", "--out", str(tmp_path / dst),
+                     "--amp", "off", "--panels", "0", "--quiet"]) == 0
+    a, b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("pt", "onnx"))
+    assert b["miou"] == pytest.approx(a["miou"], abs=1e-3) and b["pixel_acc"] == pytest.approx(a["pixel_acc"], abs=1e-3)
+    proto = onnx.load(str(out))
+    meta = next(p for p in proto.metadata_props if p.key == "structseg")
+    data = json.loads(meta.value)
+    data["classes"]["classes"] = data["classes"]["classes"][:3]  # metadata for another class count
+    data["classes"].pop("palette", None)
+    meta.value = json.dumps(data)
+    onnx.save(proto, str(tmp_path / "altered.onnx"))
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "altered.onnx"), str(synth_root / "images"), "--out",
+                 str(tmp_path / "p"), "--quiet"]) == 2
+    assert "altered.onnx: the graph's classes (5) do not match its structseg metadata (3)" in capsys.readouterr().err
+    assert main(["eval", str(out), "--data", str(tmp_path / "nowhere"), "--split", "val.txt"]) == 2
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list_models())
 def test_every_architecture_exports_and_matches_pytorch(name, tmp_path):

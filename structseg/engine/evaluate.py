@@ -94,7 +94,14 @@ def checkpoint_dataset(ckpt: dict, checkpoint: str | Path, root: str | Path, spl
 def open_for_evaluation(checkpoint: str | Path, root: str | Path,
                         split: str) -> tuple[dict, torch.nn.Module, SegmentationDataset]:
     """The one way to open a checkpoint (a file or shipped name) and a split to score it on:
-    ``(checkpoint dict, model, dataset)``, the model's classes checked against the dataset's."""
+    ``(checkpoint dict, model, dataset)``, the model's classes checked against the dataset's. An ``.onnx`` file
+    from ``structseg export`` is run by ONNX Runtime; its metadata stands in for the checkpoint dict."""
+    if str(checkpoint).endswith(".onnx"):
+        from .onnx_model import OnnxModel, onnx_metadata
+        meta = onnx_metadata(checkpoint)
+        ckpt = {"model": meta["model"], "classes": meta["classes"], "normalization": meta["normalization"]}
+        dataset = checkpoint_dataset(ckpt, checkpoint, root, split)
+        return ckpt, OnnxModel(checkpoint), dataset
     ckpt = load_checkpoint(checkpoint)
     dataset = checkpoint_dataset(ckpt, checkpoint, root, split)
     model = model_from_checkpoint(ckpt, checkpoint, num_classes=dataset.classes.num_classes)

@@ -55,6 +55,12 @@ class OnnxModel(torch.nn.Module):
         self.classes = ClassInfo.from_dict(meta["classes"], f"{path} metadata")
         self.normalization = (tuple(meta["normalization"]["mean"]), tuple(meta["normalization"]["std"]))
         self.in_channels = len(self.normalization[0])
+        graph_in, graph_out = self.session.get_inputs()[0].shape, self.session.get_outputs()[0].shape
+        for what, dims, want in (("classes", graph_out, self.classes.num_classes),
+                                 ("input channels", graph_in, self.in_channels)):
+            if len(dims) != 4 or (isinstance(dims[1], int) and dims[1] != want):
+                raise StructsegError(f"{path}: the graph's {what} ({dims[1] if len(dims) == 4 else dims}) do not match "
+                                     f"its structseg metadata ({want}); the file was altered or is not structseg's")
         self.size_multiple = int(meta.get("size_multiple", 1))  # files exported before it was recorded: any size
         self.metrics: dict = {}
 
