@@ -149,3 +149,13 @@ def test_the_evidence_bound_never_exceeds_log_p_of_the_tags(seed):
     post = torch.softmax(log_prior + log_lik, 0)
     exact_elbo = (post * (log_lik + log_prior - torch.log(post))).sum()
     assert exact_elbo.item() == pytest.approx(log_evidence.item(), abs=1e-9)
+
+
+def test_the_tag_bound_products_have_exact_gradients_for_q_and_the_rates():
+    from structseg.structured.latent_crf import _LogProducts
+    g = torch.Generator().manual_seed(0)
+    q = torch.softmax(torch.randn(3, 7, generator=g, dtype=torch.float64), 0).requires_grad_(True)  # (P, N)
+    a = (0.2 + 0.7 * torch.rand(4, 3, generator=g, dtype=torch.float64)).requires_grad_(True)  # (M, P)
+    assert torch.autograd.gradcheck(_LogProducts.apply, (q, a))
+    dense = torch.log1p(-(q.unsqueeze(1) * a.t().unsqueeze(2))).sum(2)  # the (P, M, N) form it replaces
+    torch.testing.assert_close(_LogProducts.apply(q, a), dense)
