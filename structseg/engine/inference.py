@@ -121,19 +121,24 @@ def slide_logits(model: torch.nn.Module, x: torch.Tensor, device: torch.device, 
     return torch.cat([band for _, band in bands], 1)[None]
 
 
-def slide_labels(model: torch.nn.Module, image: torch.Tensor, mean, std, device: torch.device,
-                 dtype: torch.dtype | None, tile: tuple[int, int], overlap: float = 0.25,
-                 batch: int = 4) -> torch.Tensor:
-    """Class indices ``(H, W)`` uint8 of a ``uint8 (H, W, 3)`` image by sliding tiles, normalised tile by tile:
-    for images too large to hold as float logits (an 8000 x 8000 frame), memory stays that of one tile row."""
-    h, w = image.shape[:2]
+def slide_image_bands(model: torch.nn.Module, image: torch.Tensor, mean, std, device: torch.device,
+                      dtype: torch.dtype | None, tile: tuple[int, int], overlap: float = 0.25, batch: int = 4):
+    """:func:`slide_bands` of a raw ``(H, W, bands)`` image, normalised tile by tile (never as a whole)."""
     th, tw = tile
 
     def tile_at(y, x0):
         return network_input(image[y:y + th, x0:x0 + tw], mean, std)
 
-    labels = torch.empty(h, w, dtype=torch.uint8)
-    for top, band in slide_bands(model, tile_at, h, w, device, dtype, tile, overlap, batch):
+    return slide_bands(model, tile_at, image.shape[0], image.shape[1], device, dtype, tile, overlap, batch)
+
+
+def slide_labels(model: torch.nn.Module, image: torch.Tensor, mean, std, device: torch.device,
+                 dtype: torch.dtype | None, tile: tuple[int, int], overlap: float = 0.25,
+                 batch: int = 4) -> torch.Tensor:
+    """Class indices ``(H, W)`` uint8 of a ``uint8 (H, W, 3)`` image by sliding tiles, normalised tile by tile:
+    for images too large to hold as float logits (an 8000 x 8000 frame), memory stays that of one tile row."""
+    labels = torch.empty(image.shape[0], image.shape[1], dtype=torch.uint8)
+    for top, band in slide_image_bands(model, image, mean, std, device, dtype, tile, overlap, batch):
         labels[top:top + band.shape[1]] = band.max(0).indices.to(torch.uint8)
     return labels
 

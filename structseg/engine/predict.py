@@ -29,7 +29,7 @@ from .inference import (
     crf_tile_labels,
     forward_logits,
     infer_logits,
-    slide_bands,
+    slide_image_bands,
     slide_labels,
 )
 from .metrics import class_map
@@ -81,11 +81,8 @@ class Predictor:
         self.classes = self.model.classes
         self.mean, self.std = self.model.normalization
         self.channels = getattr(self.model, "in_channels", 3)
-        if crf is not None:
-            check_crf_for(crf, self.classes.num_classes, self.channels)
         self.dtype = amp_dtype(amp, self.device)
-        self.inference = inference
-        self.refine = crf_refiner(crf) if crf is not None else None
+        self._configure(inference, crf)
         if crf_tile < 1 or crf_margin < 0:
             raise DataError(f"CRF tiles: tile {crf_tile} must be >= 1 and margin {crf_margin} >= 0")
         self.crf_tile, self.crf_margin = crf_tile, crf_margin
@@ -93,10 +90,13 @@ class Predictor:
     def variant(self, inference: InferenceSettings | None = None, crf: CRFParams | None = None) -> "Predictor":
         """The same loaded network with other inference settings and CRF (e.g. per request of a server)."""
         other = copy.copy(self)
+        other._configure(inference, crf)
+        return other
+
+    def _configure(self, inference: InferenceSettings | None, crf: CRFParams | None) -> None:
         if crf is not None:
             check_crf_for(crf, self.classes.num_classes, self.channels)
-        other.inference, other.refine = inference, crf_refiner(crf) if crf is not None else None
-        return other
+        self.inference, self.refine = inference, crf_refiner(crf) if crf is not None else None
 
     def scores(self, image: np.ndarray) -> torch.Tensor:
         """``(C, H, W)`` class scores for an ``(H, W, bands)`` image: logits, or CRF marginals."""
@@ -116,11 +116,9 @@ class Predictor:
             if self.refine is None:
                 return slide_labels(self.model, pixels, self.mean, self.std, self.device, self.dtype, s.tile,
                                     s.overlap, s.batch).numpy()
-            h, w = image.shape[:2]
-            th, tw = s.tile
-            bands = slide_bands(self.model, lambda y, x: network_input(pixels[y:y + th, x:x + tw], self.mean, self.std),
-                                h, w, self.device, self.dtype, s.tile, s.overlap, s.batch)
-            return crf_tile_labels(bands, image, self.refine, h, w, self.crf_tile, self.crf_margin).numpy()
+            bands = slide_image_bands(self.model, pixels, self.mean, self.std, self.device, self.dtype, s.tile,
+                                      s.overlap, s.batch)
+            return crf_tile_labels(bands, image, self.refine, *image.shape[:2], self.crf_tile, self.crf_margin).numpy()
         return class_map(self.scores(image), 0).numpy().astype(np.uint8)
 
     def probabilities(self, image: np.ndarray) -> np.ndarray:

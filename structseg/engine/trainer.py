@@ -89,7 +89,7 @@ def resolve_normalization(cfg: Config) -> None:
         raise ConfigError(f"config key 'model.args.in_channels' is {given} but 'data.channels' is {c}; "
                           "set data.channels alone")
     if c != 3:
-        crf = (cfg.model.crf or {}).get("kind", "mean_field") if cfg.model.crf is not None else None
+        crf = cfg.model.crf.get("kind", "mean_field") if cfg.model.crf is not None else None
         if crf == "mean_field" or cfg.weak.tags:
             raise ConfigError(f"data.channels is {c}: {'model.crf mean_field' if crf else 'weak.tags'} needs the "
                               "dense CRF's colour kernel, which reads RGB images (3 channels)")

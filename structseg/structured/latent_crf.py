@@ -71,18 +71,20 @@ class _LogProducts(torch.autograd.Function):
     tag rates). Elementwise work in ``q``'s dtype, sums over pixels in float64."""
 
     @staticmethod
+    def _top(dtype: torch.dtype) -> float:
+        return 1 - 1e-7 if dtype == torch.float32 else 1 - 1e-15  # keeps log(1 - q a) finite
+
+    @staticmethod
     def forward(ctx, q: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(q, a)
-        aq = a.to(q.dtype)
-        return torch.stack([torch.log1p(-(q * aq[m].unsqueeze(1)).clamp_(max=1 - 1e-7 if q.dtype == torch.float32
-                                                                         else 1 - 1e-15)).sum(1, dtype=torch.float64)
+        aq, top = a.to(q.dtype), _LogProducts._top(q.dtype)
+        return torch.stack([torch.log1p(-(q * aq[m].unsqueeze(1)).clamp_(max=top)).sum(1, dtype=torch.float64)
                             for m in range(a.shape[0])], 1)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         q, a = ctx.saved_tensors
-        aq = a.to(q.dtype)
-        top = 1 - 1e-7 if q.dtype == torch.float32 else 1 - 1e-15
+        aq, top = a.to(q.dtype), _LogProducts._top(q.dtype)
         gq = torch.zeros_like(q) if ctx.needs_input_grad[0] else None
         ga = torch.zeros_like(a) if ctx.needs_input_grad[1] else None
         for m in range(a.shape[0]):

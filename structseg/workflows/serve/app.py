@@ -54,12 +54,11 @@ class ApiError(Exception):
 class ServedModel:
     """One loaded network (and the DAE shipped for it, if any) with what the page needs to show its classes."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, dae_name: str | None = None):
         self.name = name
         self.predictor = Predictor(name)
         self.classes = self.predictor.classes
         self.dae = None
-        dae_name = next((n for n, p in shipped_checkpoints("dae").items() if _dae_segmenter(p) == name), None)
         if dae_name is not None:
             from ..dae.loading import load_dae, read_dae_checkpoint
             _, _, seg, dae = load_dae(dae_name, None, self.predictor.device)
@@ -96,12 +95,16 @@ class ServedModel:
         return class_map(y, 1)[0].cpu().numpy().astype(np.uint8)
 
 
-def _dae_segmenter(path: Path) -> str | None:
+def shipped_daes_by_segmenter() -> dict[str, str]:
+    """``{segmenter name: shipped DAE name}``: which served models get the DAE toggle."""
     from ..dae.loading import read_dae_checkpoint
-    try:
-        return str(read_dae_checkpoint(path).get("segmenter"))
-    except StructsegError:
-        return None
+    out: dict[str, str] = {}
+    for name, path in shipped_checkpoints("dae").items():
+        try:
+            out.setdefault(str(read_dae_checkpoint(path).get("segmenter")), name)
+        except StructsegError:
+            continue
+    return out
 
 
 def _flag(name: str, value: str) -> bool:
@@ -184,7 +187,8 @@ def create_app(models: list[str] | None = None, settings: ServeSettings | None =
     names = list(models) if models else sorted(shipped_checkpoints())
     if not names:
         raise StructsegError("no model to serve: give shipped model names or checkpoint files")
-    served = {name: ServedModel(name) for name in names}
+    daes = shipped_daes_by_segmenter()
+    served = {name: ServedModel(name, daes.get(name)) for name in names}
     threads = settings.threads or os.cpu_count() or 1
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="structseg-infer",
                                   initializer=lambda: torch.set_num_threads(threads))
