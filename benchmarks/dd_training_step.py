@@ -1,12 +1,14 @@
 """Training-step time of a network with and without the dual-decomposition CRF layer (seed 002's 1.3x target).
 
     python benchmarks/dd_training_step.py [--batch 4] [--crop 352] [--threads 1] [--repeats 3] [--only deeplabv3]
+                                          [--classes 11] [--all-iterations]
 
 Full steps (bf16 autocast forward, cross-entropy, backward, SGD update) on random batches, channels-last,
 11 classes, each candidate stepped in turn (so a busy machine slows every candidate alike), median of
 ``--repeats`` after one warm-up step each. Candidates: DeepLabV3 on EfficientNet-Lite2 at output stride 16
 (the seed's network; the layer on its stride-16 logits) and FPN on Lite2 (the layer on its stride-4 grid,
-and pooled to stride 8).
+and pooled to stride 8). A fresh layer's dual often rises after 1-2 solver calls, which stops it early;
+``--all-iterations`` (tol 1e9) makes every step run all 5, as a trained layer does.
 """
 from __future__ import annotations
 
@@ -36,17 +38,21 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", default="", help="time only the candidates whose name starts with this")
+    ap.add_argument("--classes", type=int, default=11)
+    ap.add_argument("--all-iterations", action="store_true", help="never stop the solver loop early")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     models, opts = {}, {}
     for name, (arch, args, crf) in CANDIDATES.items():
         if not name.startswith(a.only):
             continue
-        spec = {"name": arch, "args": args, "num_classes": 11, **({"crf": crf} if crf else {})}
+        if crf and a.all_iterations:
+            crf = {**crf, "tol": 1e9}
+        spec = {"name": arch, "args": args, "num_classes": a.classes, **({"crf": crf} if crf else {})}
         models[name] = build_model(spec, (0.5,) * 3, (0.5,) * 3).train().to(memory_format=torch.channels_last)
         opts[name] = torch.optim.SGD(models[name].parameters(), lr=1e-4)
     x = torch.randn(a.batch, 3, a.crop, a.crop).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 11, (a.batch, a.crop, a.crop))
+    y = torch.randint(0, a.classes, (a.batch, a.crop, a.crop))
 
     def step(name: str) -> float:
         t = time.perf_counter()
@@ -64,7 +70,8 @@ def main() -> None:
     for _ in range(a.repeats):
         for name in models:
             times[name].append(step(name))
-    print(f"batch {a.batch} at {a.crop}x{a.crop}, {a.threads} thread(s), median of {a.repeats}")
+    print(f"batch {a.batch} at {a.crop}x{a.crop}, {a.classes} classes, {a.threads} thread(s), median of {a.repeats}"
+          + (", all 5 solver calls" if a.all_iterations else ""))
     print("| network | s / step | vs. without the layer |")
     print("|---|---|---|")
     for name, v in times.items():

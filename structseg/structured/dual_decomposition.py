@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .chain import chain_solve
+from .chain import ChainTransitions, solve_transitions
 
 
 @dataclass
@@ -103,14 +103,38 @@ class Subproblems:
     def __init__(self, unary: torch.Tensor, tables, params: DDParams):
         self.b, self.copies, self.shape = unary.shape[0], params.copies, tuple(unary.shape[-2:])
         self.subs = sublattices(params.strides)
+        self.keys = [(n, horizontal) for n in range(len(self.subs)) for horizontal in (True, False)]
         self.u: dict[tuple[int, bool], torch.Tensor] = {}  # (sub index, horizontal) -> copy's unary
-        self.p: dict[tuple[int, bool], torch.Tensor] = {}
         for n, (s, i, j) in enumerate(self.subs):
             share = unary[:, :, i::s, j::s] / params.copies
-            ph, pv = tables[s]
-            for horizontal, table in ((True, ph), (False, pv)):
+            for horizontal in (True, False):
                 self.u[n, horizontal] = share
-                self.p[n, horizontal] = table[..., i::s, j::s]
+        self.lengths = [_as_chains(self.u[key], key[1]).shape[-1] for key in self.keys]
+        self.longest = max(self.lengths)
+        self.transitions = ChainTransitions(self._chain_steps(tables, params.strides), params.gamma)
+
+    def _chain_steps(self, tables, strides: list[int]) -> torch.Tensor:
+        """Every chain's pairwise scores, step-major ``(longest-1, chains, K, K)``, zero past a chain's end.
+
+        One gather from all tables' edges (and one scatter back in the backward pass): the edge ids go through
+        the same slicing, chain layout and padding as the unaries, so every edge lands where its chain reads it.
+        """
+        k = self.u[0, True].shape[1]
+        flat, ids, offset = [], {}, 0
+        for s in strides:
+            for horizontal, table in zip((True, False), tables[s]):
+                b, _, _, h, w = table.shape
+                flat.append(table.permute(0, 3, 4, 1, 2).reshape(-1, k, k))
+                ids[s, horizontal] = torch.arange(offset, offset + b * h * w).view(b, 1, h, w)
+                offset += b * h * w
+        flat.append(flat[0].new_zeros(1, k, k))  # the padding edge
+        chains = []
+        for n, horizontal in self.keys:
+            s, i, j = self.subs[n]
+            x = _as_chains(ids[s, horizontal][..., i::s, j::s], horizontal)[:, 0]
+            chains.append(F.pad(x, (0, self.longest - 1 - x.shape[-1]), value=offset))
+        index = torch.cat(chains).t().reshape(-1).to(flat[0].device)
+        return torch.cat(flat).index_select(0, index).view(self.longest - 1, -1, k, k)
 
     def solve(self, gamma, with_dual: bool):
         """Max-marginals of every copy, ``{(sub, horizontal): (B, K, h, w)}``, and the dual (float64, or None).
@@ -119,17 +143,14 @@ class Subproblems:
         padded at their end with zero unaries and zero pairwise scores, which adds ``gamma * pads * log K`` to
         every max-marginal of the chain and to its ``gamma log Z`` (0 for the hard solver); that constant is
         taken off again, so the result equals unpadded solves, with one recursion step per site of the longest."""
-        keys = [(n, horizontal) for n in range(len(self.subs)) for horizontal in (True, False)]
-        us = [_as_chains(self.u[key], key[1]) for key in keys]
-        ps = [_as_chains(self.p[key], key[1]) for key in keys]
-        longest = max(u.shape[-1] for u in us)
+        us = [_as_chains(self.u[key], key[1]) for key in self.keys]
+        longest = self.longest
         u = torch.cat([F.pad(x, (0, longest - x.shape[-1])) for x in us])
-        p = torch.cat([F.pad(x, (0, longest - 1 - x.shape[-1])) for x in ps])
         pads = torch.cat([torch.full((x.shape[0],), longest - x.shape[-1], dtype=torch.float64) for x in us])
         shift = 0.0 if gamma is None else gamma * math.log(u.shape[1])
-        m, log_z = chain_solve(u, p, gamma)
+        m, log_z = solve_transitions(u, self.transitions)
         out, start = {}, 0
-        for key, x in zip(keys, us):
+        for key, x in zip(self.keys, us):
             part = m[start:start + x.shape[0], :, :x.shape[-1]]
             if shift and longest > x.shape[-1]:
                 part = part - shift * (longest - x.shape[-1])
