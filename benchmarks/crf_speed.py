@@ -13,6 +13,11 @@ Before every timed block the script waits until the machine is idle (< 10 % busy
     pip install -e ".[bench]"        # pydensecrf2, the reference
     python benchmarks/crf_speed.py [--repeats 5] [--classes 2,3,8,11,16,21,32,59,150] [--iterations 5]
         [--threads 1] [--batch 8] [--no-backward] [--device cpu|cuda] [--json out.json]
+    python benchmarks/crf_speed.py --memory [--scales 1,2] [--classes 21]
+
+``--memory`` instead measures the peak memory of one call (5 iterations, labels out) of each side, each in a
+fresh process: the rise of the peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs`` after
+the input is made and one warm-up call at another size has loaded the libraries) over the resident set before the call.
 
 The CPU model and its vector extensions are printed first.
 """
@@ -193,6 +198,48 @@ def breakdown(image_t, probs_t, p: CRFParams, repeats: int) -> dict:
     return ms
 
 
+def _rss_kib(field: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def memory_child(side: str, scale: int, classes: int) -> None:
+    """One call of ``side`` (ours / pydensecrf) on a fresh process; prints its peak memory rise in MiB."""
+    p = CRFParams(iterations=5)
+    warm_img, warm_probs, _ = make_input(1, 2)  # load the libraries and their pools on a small input first
+    image, probs, _ = make_input(scale, classes)
+    tensors = (torch.from_numpy(image).permute(2, 0, 1)[None].float(), torch.from_numpy(probs)[None])
+    if side == "ours":
+        run_ours_all(torch.from_numpy(warm_img).permute(2, 0, 1)[None, :, :32, :32].float().contiguous(),
+                     torch.from_numpy(warm_probs)[None, :, :32, :32].contiguous(), 5, p)
+        call = lambda: run_ours_all(*tensors, 5, p)  # noqa: E731
+    else:
+        run_pydensecrf(np.ascontiguousarray(warm_img[:32, :32]), np.ascontiguousarray(warm_probs[:, :32, :32]), 5, p)
+        call = lambda: run_pydensecrf(image, probs, 5, p)  # noqa: E731
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current resident set
+    before = _rss_kib("VmRSS")
+    call()
+    print(json.dumps({"side": side, "peak_rise_mib": (_rss_kib("VmHWM") - before) / 1024}))
+
+
+def memory_table(scales: list[int], classes: list[int], threads: int) -> None:
+    import subprocess
+    import sys
+    print("| size | C | pydensecrf peak MiB | structseg peak MiB |\n|---|---|---|---|")
+    for scale in scales:
+        for c in classes:
+            got = {}
+            for side in ("pydensecrf", "ours"):
+                cmd = [sys.executable, __file__, "--memory-child", side, "--scales", str(scale), "--classes", str(c),
+                       "--threads", str(threads)]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+                got[side] = json.loads(out.strip().splitlines()[-1])["peak_rise_mib"]
+            print(f"| {480 * scale}x{360 * scale} | {c} | {got['pydensecrf']:.0f} | {got['ours']:.0f} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=5)
@@ -205,9 +252,17 @@ def main() -> None:
     ap.add_argument("--iterations", default="5,10", help="mean-field iteration counts (comma-separated)")
     ap.add_argument("--batch", type=int, default=0, help="also time N frames per call against N pydensecrf calls")
     ap.add_argument("--no-backward", action="store_true", help="skip the forward+backward timing")
+    ap.add_argument("--memory", action="store_true", help="peak memory of one call of each side instead of times")
+    ap.add_argument("--memory-child", choices=("ours", "pydensecrf"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.memory_child:
+        return memory_child(a.memory_child, int(a.scales.split(",")[0]), int(a.classes.split(",")[0]))
+    if a.memory:
+        print(f"CPU: {cpu_description()}", flush=True)
+        return memory_table([int(x) for x in a.scales.split(",")], [int(x) for x in a.classes.split(",")],
+                            a.threads or torch.get_num_threads())
     print(f"CPU: {cpu_description()}", flush=True)
     device = torch.device(a.device)
     sync = (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from structseg.structured.dense_crf import (CRFParams, DenseCRF, GaussianKernel, appearance_features, mean_field,
-                                           message_operator, position_features)
+                                           message_operator, position_features, softmax_rows)
 from structseg.structured.lattice import PermutohedralLattice
 
 
@@ -323,3 +323,14 @@ def test_a_prebuilt_operator_serves_other_weights_and_iterations():
     assert not torch.allclose(mean_field(unary, image, widths, operator=other), mean_field(unary, image, widths))
     with pytest.raises(ValueError, match="operator built for 1 image"):
         mean_field(unary[:, :, :5], image[:, :, :5], widths, operator=op)
+
+
+@pytest.mark.parametrize("c", [1, 2, 3, 4, 5, 11, 15, 16, 21])
+def test_softmax_rows_equals_softmax_for_every_row_length(c):
+    x = torch.randn(257, c) * 30
+    x[0] = 1e4  # equal huge scores: no overflow
+    x[1, 0] = -1e30
+    got = softmax_rows(x)
+    assert got.shape == (257, c) and got.is_contiguous()
+    assert torch.allclose(got, torch.softmax(x, 1), atol=1e-6, rtol=1e-5)
+    assert torch.allclose(got.sum(1), torch.ones(257), atol=1e-5)
