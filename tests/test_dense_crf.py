@@ -334,3 +334,5 @@ def test_softmax_rows_equals_softmax_for_every_row_length(c):
     assert got.shape == (257, c) and got.is_contiguous()
     assert torch.allclose(got, torch.softmax(x, 1), atol=1e-6, rtol=1e-5)
     assert torch.allclose(got.sum(1), torch.ones(257), atol=1e-5)
+    xd = x[2:9].double().requires_grad_(True)  # and it is differentiable like softmax (CRF-as-RNN trains through it)
+    assert torch.autograd.gradcheck(softmax_rows, (xd / 30,))

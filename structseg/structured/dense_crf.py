@@ -265,6 +265,9 @@ def softmax_rows(x: torch.Tensor) -> torch.Tensor:
     if c >= _SHORT_ROWS or x.device.type != "cpu":
         return torch.softmax(x, 1)
     if c <= _TINY_ROWS:
+        if x.requires_grad and torch.is_grad_enabled():  # autograd keeps exp's output: no in-place steps
+            e = (x - x.amax(1, keepdim=True)).exp()
+            return e / e.sum(1, keepdim=True)
         e = (x - x.amax(1, keepdim=True)).exp_()
         return e.div_(e.sum(1, keepdim=True))
     return torch.softmax(F.pad(x, (0, _SHORT_ROWS - c), value=-math.inf), 1)[:, :c].contiguous()
