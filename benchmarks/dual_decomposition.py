@@ -1,12 +1,13 @@
 """Speed and memory of the dual-decomposition CRF layer (seed 002) against a plain per-chain reference.
 
     python benchmarks/dual_decomposition.py [--threads 2] [--repeats 3] [--device cpu|cuda]
+        [--skip-reference-backward] [--no-reference-times]
 
 Grids of a 360x480 image at stride 16 (23x30) and stride 8 (45x60), K = 11 and 21, batch 1, the seed's
 settings (strides 1 and 2, 5 iterations, gamma 2). For each: forward and forward+backward time (median of
 ``--repeats`` after one warm-up) and the memory the backward pass keeps (bytes of the tensors saved for it,
-counted with ``torch.autograd.graph.saved_tensors_hooks``; on CUDA also the peak allocated). The reference
-solves one chain at a time with the same recurrences in plain autograd (no batching, no custom backward), and
+counted with ``torch.autograd.graph.saved_tensors_hooks``, plus the tables the solver lays out once and shares
+between its solves). The reference solves one chain at a time with the same recurrences in plain autograd (no batching, no custom backward), and
 runs the same fixed-point loop; its output is checked against ours before timing.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 
 import torch
 
+import structseg.structured.dual_decomposition as dd
 from structseg.structured.dual_decomposition import DDParams, dd_inference
 
 
@@ -46,11 +48,35 @@ def run(layer, unary, tables, backward: bool):
         saved[0] += t.numel() * t.element_size()
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = layer(u, ts)
+    layouts = []
+    original = dd.ChainTransitions
+
+    def recorded(*args):  # the laid-out tables live on the layout object, outside save_for_backward: count them
+        layouts.append(original(*args))
+        return layouts[-1]
+
+    dd.ChainTransitions = recorded if layer is not None and getattr(layer, "ours", False) else original
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = layer(u, ts)
+    finally:
+        dd.ChainTransitions = original
+    for tr in layouts:
+        saved[0] += sum(t.numel() * t.element_size() for t in (tr.exp_steps, tr.top, tr.steps) if t is not None)
     if backward:
         out.sum().backward()
     return out.detach(), saved[0]
+
+
+class ReferenceTransitions:
+    """Stands in for ``ChainTransitions`` in the reference run: it keeps the step-major tables as they are."""
+
+    def __init__(self, steps: torch.Tensor, gamma):
+        self.steps, self.gamma = steps, gamma
+
+
+def reference_solve(u: torch.Tensor, tr: ReferenceTransitions):
+    return reference_solver(u, tr.steps.permute(1, 2, 3, 0), tr.gamma)
 
 
 def timed(fn, repeats: int, device) -> float:
@@ -73,12 +99,17 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--skip-reference-backward", action="store_true", help="time the reference forward only")
+    ap.add_argument("--no-reference-times", action="store_true",
+                    help="check the output against the reference once, but time only ours")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
     params = DDParams()
-    ours = lambda u, t: dd_inference(u, t, params)  # noqa: E731
-    import structseg.structured.dual_decomposition as dd
+
+    def ours(u, t):
+        return dd_inference(u, t, params)
+
+    ours.ours = True
     print(f"device {device}, {a.threads} threads, strides {params.strides}, {params.iterations} iterations, "
           f"gamma {params.gamma}; times in ms (median of {a.repeats}), kept = bytes saved for backward")
     print("| grid | K | ours fwd | ours fwd+bwd | ours kept (MiB) | reference fwd | reference fwd+bwd | "
@@ -93,18 +124,21 @@ def main() -> None:
                           (torch.randn(1, k, k, h - s, w, generator=g) * 0.5).to(device)) for s in params.strides}
 
             def reference(u, t):
-                original = dd.chain_solve
-                dd.chain_solve = reference_solver
+                originals = dd.ChainTransitions, dd.solve_transitions
+                dd.ChainTransitions, dd.solve_transitions = ReferenceTransitions, reference_solve
                 try:
                     return dd_inference(u, t, params)
                 finally:
-                    dd.chain_solve = original
+                    dd.ChainTransitions, dd.solve_transitions = originals
 
             out_ours, _ = run(ours, unary, tables, False)
             out_ref, _ = run(reference, unary, tables, False)
             assert torch.allclose(out_ours, out_ref, atol=1e-3), (out_ours - out_ref).abs().max()
             row = []
             for fn in (ours, reference):
+                if fn is reference and a.no_reference_times:
+                    row += [float("nan")] * 3
+                    continue
                 fwd = timed(lambda: run(fn, unary, tables, False), a.repeats, device)
                 if fn is reference and a.skip_reference_backward:
                     row += [fwd, float("nan"), float("nan")]
