@@ -157,6 +157,44 @@ def test_stride_two_sublattices_land_where_they_belong():
     torch.testing.assert_close(placed, expect)
 
 
+@pytest.mark.parametrize("gamma", [2.0, None])
+def test_every_copy_solves_its_own_chains_with_its_own_edges(gamma):
+    """Each copy's max-marginals equal a direct chain solve of the rows (or columns) of its sub-lattice, with
+    the pairwise scores sliced out of the tables by hand: the one gather that lays out every chain's edges
+    puts each edge where its chain reads it (odd, non-square grid: chains of different lengths)."""
+    g = torch.Generator().manual_seed(5)
+    b, k, h, w = 2, 3, 5, 7
+    unary = torch.randn(b, k, h, w, generator=g, dtype=torch.float64)
+    tables = {s: (torch.randn(b, k, k, h, w - s, generator=g, dtype=torch.float64),
+                  torch.randn(b, k, k, h - s, w, generator=g, dtype=torch.float64)) for s in (1, 2)}
+    params = DDParams(gamma=gamma)
+    problems = Subproblems(unary, tables, params)
+    m, _ = problems.solve(gamma, with_dual=False)
+    for n, (s, i, j) in enumerate(problems.subs):
+        share = unary[:, :, i::s, j::s] / params.copies
+        ph, pv = tables[s]
+        rows_h, cols_w = share.shape[-2:]
+        for img in range(b):
+            for r in range(rows_h):  # horizontal: row r of the sub-lattice; edge to its right neighbour
+                got = m[n, True][img, :, r, :]
+                edges = ph[img, :, :, i + s * r, j::s][..., :cols_w - 1]
+                ref = chain_max_marginals(share[img, :, r, :][None], edges[None], gamma)[0]
+                torch.testing.assert_close(got, ref)
+            for c in range(cols_w):  # vertical: column c; edge to the neighbour below
+                got = m[n, False][img, :, :, c]
+                edges = pv[img, :, :, i::s, j + s * c][..., :rows_h - 1]
+                ref = chain_max_marginals(share[img, :, :, c][None], edges[None], gamma)[0]
+                torch.testing.assert_close(got, ref)
+
+
+def test_pairwise_scores_beyond_the_exp_range_are_refused():
+    u, p = random_chain()
+    p[0, 0, 1, 2] = 5000.0  # one score 2500 gamma above the rest: exp(P / gamma - max) would underflow to 0
+    with pytest.raises(ValueError, match="span more than"):
+        chain_max_marginals(u, p, 2.0)
+    assert torch.isfinite(chain_max_marginals(u, p, None)).all()  # the hard solver has no exponentials
+
+
 def test_the_unrolled_iterations_pass_gradcheck():
     u, tables = grid(b=1, k=2, h=3, w=4, seed=2, scale=0.5)
     flat = [tables[1][0], tables[1][1], tables[2][0], tables[2][1]]

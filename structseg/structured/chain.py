@@ -29,6 +29,9 @@ from __future__ import annotations
 import torch
 
 
+_EXP_SPAN = 700.0  # exp(-700) is about 1e-304, still a normal float64: every table entry keeps its weight
+
+
 class ChainTransitions:
     """The pairwise scores of ``N`` chains laid out once for every solve on them (:func:`solve_transitions`).
 
@@ -61,6 +64,11 @@ class _Layout(torch.autograd.Function):
         else:
             tr.steps = None
             tr.top = steps.amax((2, 3), keepdim=True)
+            span = float((tr.top - steps.amin((2, 3), keepdim=True)).max()) if steps.numel() else 0.0
+            if span > _EXP_SPAN:
+                raise ValueError(f"chain pairwise scores span more than {_EXP_SPAN:.0f} gamma within one K x K table "
+                                 f"(here {span:.0f} gamma): their exponentials underflow in float64; scale them down "
+                                 "or use the hard solver (gamma=None)")
             tr.exp_steps = steps.sub_(tr.top).exp_()
         ctx.tr, ctx.scale, ctx.dtype = tr, scale, steps_in.dtype
         return steps_in.new_zeros(())
