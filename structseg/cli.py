@@ -265,15 +265,18 @@ def cmd_models(a: argparse.Namespace) -> None:
         raise StructsegError(f"--size must be two positive integers and --classes positive, got {a.size}, {a.classes}")
     if a.pretrained:
         from .engine.checkpoint import load_checkpoint, shipped_checkpoints
-        print(f"{'name':<22} {'model':<10} {'backbone':<20} {'classes':>7} {'val mIoU':>8} {'mean acc':>8} "
-              f"{'pixel acc':>9}")
-        for name, path in shipped_checkpoints().items():
+        shipped = shipped_checkpoints()
+        width = max([22] + [len(name) for name in shipped])
+        print(f"{'name':<{width}} {'model':<10} {'backbone':<20} {'classes':>7} {'val mIoU':>8} {'mean acc':>8} "
+              f"{'pixel acc':>9}  end-to-end CRF")
+        for name, path in shipped.items():
             ck = load_checkpoint(path)
             m = ck.get("metrics") or {}
             backbone = ck["model"]["args"].get("backbone") or "(from scratch)"
-            print(f"{name:<22} {ck['model']['name']:<10} {backbone:<20} {ck['model']['num_classes']:>7} "
+            crf = (ck["model"].get("crf") or {}).get("kind", "mean_field") if ck["model"].get("crf") else "-"
+            print(f"{name:<{width}} {ck['model']['name']:<10} {backbone:<20} {ck['model']['num_classes']:>7} "
                   + " ".join(f"{m.get(k, float('nan')):{w}.3f}" for k, w in (("miou", 8), ("mean_acc", 8),
-                                                                           ("pixel_acc", 9))))
+                                                                           ("pixel_acc", 9))) + f"  {crf}")
         return
     if a.backbones:
         from .models.backbones import (

@@ -223,6 +223,19 @@ def test_shipped_checkpoint_is_found_by_name_and_predicts():
         load_checkpoint("camvid-unknown")
 
 
+def test_shipped_dual_decomposition_model_carries_its_layer_and_predicts_any_size():
+    from structseg.engine.checkpoint import model_from_checkpoint
+    from structseg.structured.dual_decomposition_net import DualDecompositionNet
+    ckpt = load_checkpoint("msrc21-lite2-deeplabv3-dd")
+    assert ckpt["model"]["crf"]["kind"] == "dual_decomposition" and ckpt["metrics"]["miou"] >= 0.70
+    model = model_from_checkpoint(ckpt).eval()
+    assert isinstance(model, DualDecompositionNet)
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 70, 90))  # a 5x6 grid at stride 16 after padding: the layer runs on it
+    assert out.shape == (1, 21, 70, 90) and torch.isfinite(out).all()
+    assert len(model.crf.last_duals) >= 1
+
+
 def test_demo_training_stops_at_its_wall_time_budget_with_a_validated_checkpoint(synth_root, tmp_path):
     import time as _time
 
