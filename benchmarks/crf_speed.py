@@ -214,10 +214,10 @@ def memory_child(side: str, scale: int, classes: int) -> None:
     if side == "ours":
         run_ours_all(torch.from_numpy(warm_img).permute(2, 0, 1)[None, :, :32, :32].float().contiguous(),
                      torch.from_numpy(warm_probs)[None, :, :32, :32].contiguous(), 5, p)
-        call = lambda: run_ours_all(*tensors, 5, p)  # noqa: E731
+        call = lambda: run_ours_all(*tensors, 5, p)
     else:
         run_pydensecrf(np.ascontiguousarray(warm_img[:32, :32]), np.ascontiguousarray(warm_probs[:, :32, :32]), 5, p)
-        call = lambda: run_pydensecrf(image, probs, 5, p)  # noqa: E731
+        call = lambda: run_pydensecrf(image, probs, 5, p)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current resident set
     before = _rss_kib("VmRSS")

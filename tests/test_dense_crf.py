@@ -4,8 +4,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from structseg.structured.dense_crf import (CRFParams, DenseCRF, GaussianKernel, appearance_features, mean_field,
-                                           message_operator, position_features, softmax_rows)
+from structseg.structured.dense_crf import (
+    CRFParams,
+    DenseCRF,
+    GaussianKernel,
+    appearance_features,
+    mean_field,
+    message_operator,
+    position_features,
+    softmax_rows,
+)
 from structseg.structured.lattice import PermutohedralLattice
 
 
@@ -186,9 +194,9 @@ def test_bad_inputs():
 
 def test_crfasrnn_trains_end_to_end_from_a_config(synth_root, tmp_path):
     from structseg.config import config_from_dict
-    from structseg.structured.crfasrnn import CRFasRNN
     from structseg.engine.checkpoint import load_checkpoint, model_from_checkpoint
     from structseg.engine.trainer import train
+    from structseg.structured.crfasrnn import CRFasRNN
     cfg = config_from_dict({
         "model": {"name": "unet", "args": {"base_channels": 4, "depth": 2},
                   "crf": {"iterations": 2, "appearance_xy": 10.0}},

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import torch
 
-
 _EXP_SPAN = 700.0  # exp(-700) is about 1e-304, still a normal float64: every table entry keeps its weight
 
 
