@@ -50,10 +50,11 @@ def main() -> None:
     def off(unary, features):
         return unary
 
-    variants = [("the layer as trained", {}, None), ("the layer off (network logits)", {}, off),
-                ("iterations 1", {"iterations": 1}, None), ("iterations 10", {"iterations": 10}, None),
-                ("gamma 1", {"gamma": 1.0}, None), ("gamma 4", {"gamma": 4.0}, None),
-                ("no early stop", {"tol": 1e9}, None)]
+    variants = [("the layer as trained", {}, record), ("the layer off (network logits)", {}, off),
+                ("iterations 1", {"iterations": 1}, original_forward),
+                ("iterations 10", {"iterations": 10}, original_forward),
+                ("gamma 1", {"gamma": 1.0}, original_forward), ("gamma 4", {"gamma": 4.0}, original_forward),
+                ("no early stop", {"tol": 1e9}, original_forward)]
     device = torch.device("cpu")
     print(f"{a.checkpoint} on {a.data}/{a.split}; trained with {trained}")
     print("| variant | mIoU | mean class acc | pixel acc |\n|---|---|---|---|")
@@ -61,8 +62,7 @@ def main() -> None:
         layer.params = copy.deepcopy(trained)
         for k, v in change.items():
             setattr(layer.params, k, v)
-        layer.forward = forward or (record if not change and forward is None and not stats["pair_abs"]
-                                    else original_forward)
+        layer.forward = forward
         with torch.no_grad():
             rec = metrics_record(evaluate(model, dataset, device, progress=False), dataset.classes.names)
         print(f"| {name} | {100 * rec['miou']:.2f} | {100 * rec['mean_acc']:.2f} | {100 * rec['pixel_acc']:.2f} |",

@@ -55,7 +55,7 @@ def run(layer, unary, tables, backward: bool):
         layouts.append(original(*args))
         return layouts[-1]
 
-    dd.ChainTransitions = recorded if layer is not None and getattr(layer, "ours", False) else original
+    dd.ChainTransitions = recorded if getattr(layer, "ours", False) else original
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out = layer(u, ts)

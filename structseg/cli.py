@@ -273,7 +273,8 @@ def cmd_models(a: argparse.Namespace) -> None:
             ck = load_checkpoint(path)
             m = ck.get("metrics") or {}
             backbone = ck["model"]["args"].get("backbone") or "(from scratch)"
-            crf = (ck["model"].get("crf") or {}).get("kind", "mean_field") if ck["model"].get("crf") else "-"
+            crf = ck["model"].get("crf")
+            crf = crf.get("kind", "mean_field") if crf else "-"
             print(f"{name:<{width}} {ck['model']['name']:<10} {backbone:<20} {ck['model']['num_classes']:>7} "
                   + " ".join(f"{m.get(k, float('nan')):{w}.3f}" for k, w in (("miou", 8), ("mean_acc", 8),
                                                                            ("pixel_acc", 9))) + f"  {crf}")

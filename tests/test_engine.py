@@ -109,7 +109,7 @@ def _epochs_done(run) -> int:
     """Epochs in the run's last.pt (0 while there is none), read the way a resumed run reads it."""
     try:
         return load_checkpoint(run / "last.pt")["train_state"]["epoch"]
-    except Exception:
+    except Exception:  # not there yet
         return 0
 
 

@@ -94,20 +94,18 @@ def _forward_smoothed(v: torch.Tensor, tr: ChainTransitions):
     """Both passes in units of gamma, ``x_left, x_right`` ``(L, N, K)`` (site-major), and every step's
     normalised exponentials ``e`` and sums ``s`` (``(L-1, N, K)`` per pass, indexed by the edge used)."""
     n = v.shape[0]
-    tiny = torch.finfo(torch.float64).tiny
     left, right = [v[0]], [v[n - 1]]
     e_l, s_l, e_r, s_r = [], [], [], []
     for k in range(n - 1):  # left: site k -> k+1 through E_k; right: site j+1 -> j through E_j^T, j = n-2-k
         j = n - 2 - k
-        for x, out, es, ss, site, edge, flip in ((left, left, e_l, s_l, k + 1, k, False),
-                                                 (right, right, e_r, s_r, j, j, True)):
-            prev = x[-1]
+        for xs, es, ss, site, edge, flip in ((left, e_l, s_l, k + 1, k, False), (right, e_r, s_r, j, j, True)):
+            prev = xs[-1]
             top = prev.amax(1, keepdim=True)
             e = (prev - top).exp_()
             mat = tr.exp_steps[edge]
+            # s >= E at the argmax of e >= exp(-700) (the span check): its log is finite
             s = (torch.bmm(mat, e.unsqueeze(2)).squeeze(2) if flip else torch.bmm(e.unsqueeze(1), mat).squeeze(1))
-            s = s.clamp_min_(tiny)  # a column entirely below exp(-700) of its table's top: finite, weight 0
-            out.append(v[site] + top + tr.top[edge, :, 0] + s.log())
+            xs.append(v[site] + top + tr.top[edge, :, 0] + s.log())
             es.append(e)
             ss.append(s)
     return (torch.stack(left), torch.stack(right[::-1]),

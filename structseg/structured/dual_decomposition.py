@@ -109,8 +109,7 @@ class Subproblems:
             share = unary[:, :, i::s, j::s] / params.copies
             for horizontal in (True, False):
                 self.u[n, horizontal] = share
-        self.lengths = [_as_chains(self.u[key], key[1]).shape[-1] for key in self.keys]
-        self.longest = max(self.lengths)
+        self.longest = max(_as_chains(self.u[key], key[1]).shape[-1] for key in self.keys)
         self.transitions = ChainTransitions(self._chain_steps(tables, params.strides), params.gamma)
 
     def _chain_steps(self, tables, strides: list[int]) -> torch.Tensor:
