@@ -20,6 +20,7 @@ batches for every candidate) instead of noise, and ``--flush-denormal`` sets ``t
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import time
 
@@ -65,20 +66,18 @@ def main() -> None:
         if name in trained:
             model = load_pretrained(trained[name]).float()
             a.classes = model.classes.num_classes
-            if crf and a.all_iterations:
-                model.crf.params.tol = 1e9
         else:
-            if crf and a.all_iterations:
-                crf = {**crf, "tol": 1e9}
             spec = {"name": arch, "args": args, "num_classes": a.classes, **({"crf": crf} if crf else {})}
             model = build_model(spec, (0.5,) * 3, (0.5,) * 3)
+        if crf and a.all_iterations:
+            model.crf.params.tol = 1e9
         models[name] = model.train().to(memory_format=torch.channels_last)
         opts[name] = torch.optim.SGD(models[name].parameters(), lr=1e-4)
     if a.data:
         tf = TrainTransform(scale=(0.75, 1.75), crop_size=(a.crop, a.crop))
         data = SegmentationDataset(a.data, "train.txt", tf)
         tf.ignore_index = data.classes.ignore_index
-        order = iter(torch.randperm(len(data), generator=torch.Generator().manual_seed(0)).tolist() * 10)
+        order = itertools.cycle(torch.randperm(len(data), generator=torch.Generator().manual_seed(0)).tolist())
     y = torch.randint(0, a.classes, (a.batch, a.crop, a.crop))
     x = torch.randn(a.batch, 3, a.crop, a.crop)
 
@@ -93,7 +92,7 @@ def main() -> None:
         t = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = models[name](x)
-        loss = F.cross_entropy(out.float(), y, ignore_index=255)
+        loss = F.cross_entropy(out.float(), y, ignore_index=data.classes.ignore_index if a.data else -100)
         opts[name].zero_grad()
         loss.backward()
         opts[name].step()
