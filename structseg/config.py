@@ -115,7 +115,7 @@ class TrainConfig:
     val_every: int = 1
     patience: int = 0
     seed: int = 0
-    threads: int = 0
+    threads: int = 0  # 0: OMP_NUM_THREADS when set, else all cores (divided among local processes)
     tensorboard: bool = True
 
 
@@ -220,7 +220,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.val_every": (lambda v: v >= 1, "an integer >= 1"),
     "train.patience": (lambda v: v >= 0, "an integer >= 0 (0: no early stopping)"),
     "train.seed": (lambda v: 0 <= v < 2 ** 63, "an integer >= 0"),
-    "train.threads": (lambda v: v >= 0, "an integer >= 0 (0: all cores)"),
+    "train.threads": (lambda v: v >= 0, "an integer >= 0 (0: OMP_NUM_THREADS or all cores)"),
     "weak.kl_weight": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
     "weak.leak": (lambda v: _finite(v) and 0 < v < 1, "a number in (0, 1)"),
     "weak.min_share": (lambda v: _finite(v) and 0 < v <= 1, "a number in (0, 1]"),

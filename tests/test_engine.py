@@ -245,3 +245,22 @@ def test_demo_training_stops_at_its_wall_time_budget_with_a_validated_checkpoint
     assert len(_records(tmp_path / "late")) == 2 and summary["best_checkpoint"]
     summary = train_within(cfg, tmp_path / "ample", deadline=_time.time() + 3600)
     assert len(_records(tmp_path / "ample")) == 6 and summary["best_epoch"] >= 1
+
+
+def test_set_threads_honours_omp_num_threads(monkeypatch):
+    """threads 0 takes OMP_NUM_THREADS when set (a background job beside another), else all cores."""
+    from structseg.engine.runtime import set_threads
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        set_threads(0)
+        assert torch.get_num_threads() == 1
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+        set_threads(0)
+        assert torch.get_num_threads() == max(1, os.cpu_count() or 1)
+        set_threads(1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -15,8 +15,13 @@ def pick_device() -> torch.device:
 
 
 def set_threads(threads: int) -> None:
-    """Use ``threads`` intra-op threads (0: all cores divided among local processes)."""
+    """Use ``threads`` intra-op threads (0: ``OMP_NUM_THREADS`` when set, else all cores divided among
+    local processes), so a job started with ``OMP_NUM_THREADS=1`` beside another does not take both cores."""
     if threads <= 0:
+        env = os.environ.get("OMP_NUM_THREADS", "").strip()
+        if env.isdigit() and int(env) > 0:
+            torch.set_num_threads(int(env))
+            return
         local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
         threads = max(1, (os.cpu_count() or 1) // local)
     torch.set_num_threads(threads)
