@@ -48,9 +48,13 @@ def cmd_data_pseudo(a: argparse.Namespace) -> None:
     from .structured.crf_postprocess import load_crf_params
     from .workflows.pseudo_labels import write_pseudo_labels
     out = write_pseudo_labels(a.checkpoint, a.root, a.tags, a.out, load_crf_params(a.crf or None, a.crf_set or []),
-                              progress=not a.quiet)
-    print(f"wrote {out} (train.txt, labels/, classes.json): train on it with data.root={out} data.val_split=null "
-          f"(or give the original validation split by its absolute path)")
+                              progress=not a.quiet, min_confidence=a.min_confidence, val_split=a.val)
+    if a.val:
+        print(f"wrote {out} (train.txt, val.txt -> {a.val} of {a.root}, labels/, classes.json): "
+              f"train on it with data.root={out}")
+    else:
+        print(f"wrote {out} (train.txt, labels/, classes.json): train on it with data.root={out} "
+              f"data.val_split=null (or add --val val.txt to score the run on the original validation split)")
 
 
 def cmd_train(a: argparse.Namespace) -> None:
@@ -356,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--out", required=True, help="new folder for the pseudo-labelled dataset")
     ps.add_argument("--crf", metavar="FILE", help="dense-CRF settings (YAML); default Krähenbühl's")
     ps.add_argument("--crf-set", action="append", metavar="KEY=VALUE", help="override a CRF setting")
+    ps.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
+                    help="write the ignore index where the refined marginal of the chosen class is below P")
+    ps.add_argument("--val", metavar="SPLIT", help="also write val.txt pointing at ROOT's SPLIT (e.g. val.txt)")
     ps.add_argument("--quiet", action="store_true")
     ps.set_defaults(func=cmd_data_pseudo)
 

@@ -104,3 +104,34 @@ def test_pseudo_labels_use_only_each_images_tags_and_form_a_dataset(tagged_copy,
         assert image.shape[:2] == label.shape
     assert main(["data", "pseudo-labels", str(tmp_path / "sec" / "best.pt"), str(root), "--tags", str(tags),
                  "--out", str(out)]) == 2  # an existing folder is never overwritten
+
+
+def test_pseudo_labels_confidence_threshold_and_validation_split(tagged_copy, tmp_path):
+    """--min-confidence ignores exactly the pixels the plain run labels with a marginal below it; --val
+    points at the original split's files."""
+    import numpy as np
+
+    from structseg.cli import main
+    from structseg.data.dataset import SegmentationDataset
+    root, tags = tagged_copy
+    cfg = weak_config(root, tags, epochs=1)
+    cfg.weak.method = "expand_constrain"
+    cfg.weak.prior = {"iterations": 2}
+    train(cfg, tmp_path / "sec", progress=False)
+    common = [str(tmp_path / "sec" / "best.pt"), str(root), "--tags", str(tags), "--crf-set", "iterations=2",
+              "--quiet"]
+    assert main(["data", "pseudo-labels", *common, "--out", str(tmp_path / "all")]) == 0
+    assert main(["data", "pseudo-labels", *common, "--out", str(tmp_path / "sure"), "--min-confidence", "0.999",
+                 "--val", "val.txt"]) == 0
+    ignore = read_classes(root).ignore_index
+    plain, sure = SegmentationDataset(tmp_path / "all", "train.txt"), SegmentationDataset(tmp_path / "sure", "train.txt")
+    dropped = 0
+    for i in range(len(plain)):
+        a, b = plain.load(i)[1], sure.load(i)[1]
+        kept = b != ignore
+        assert np.array_equal(a[kept], b[kept])  # the threshold only removes labels, never changes one
+        dropped += int((~kept).sum())
+    assert dropped > 0  # a one-epoch network is not 99.9 % sure everywhere
+    resolved = lambda pairs: [(i.resolve(), lab.resolve()) for i, lab in pairs]  # noqa: E731
+    assert resolved(read_split(tmp_path / "sure", "val.txt")) == resolved(read_split(root, "val.txt"))
+    assert main(["data", "pseudo-labels", *common, "--out", str(tmp_path / "bad"), "--min-confidence", "1.5"]) == 2

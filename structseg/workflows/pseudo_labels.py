@@ -4,7 +4,10 @@ A network trained from tags predicts each tagged training image; the dense CRF r
 classes the image is not tagged with excluded, and the argmax over the tags becomes that image's label map.
 The result is a new dataset folder in the unified layout (``classes.json``, ``train.txt``, ``labels/``; the
 split points at the original images by relative path, nothing is copied), on which an ordinary,
-fully supervised run is trained.
+fully supervised run is trained. ``min_confidence`` writes the ignore index where the refined marginal of
+the chosen class is below it (uncertain pixels are left out of the loss rather than taught wrong), and
+``val_split`` adds the original dataset's validation split (paths to its images and label maps) so the run
+on the pseudo labels is scored on real labels as it trains.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from .._io import load_image, partial_dir, prepare_output_dir, save_png
+from ..data.layout import read_split
 from ..data.tags import read_tags
 from ..data.transforms import network_input
 from ..engine.checkpoint import load_pretrained
@@ -29,8 +33,11 @@ from ..structured.seed_expand_constrain import tag_restricted_marginals
 
 
 def write_pseudo_labels(checkpoint: str | Path, root: str | Path, tags: str | Path, out: str | Path,
-                        crf: CRFParams | None = None, progress: bool = True) -> Path:
+                        crf: CRFParams | None = None, progress: bool = True, min_confidence: float = 0.0,
+                        val_split: str | None = None) -> Path:
     """Label every image of the tags file with the CRF-refined, tag-restricted prediction; returns ``out``."""
+    if not 0.0 <= min_confidence < 1.0:
+        raise DataError(f"min_confidence must be in [0, 1), got {min_confidence}")
     out = Path(out)
     if out.exists():
         raise DataError(f"{out}: already exists; choose a new folder for the pseudo-labelled dataset")
@@ -39,6 +46,7 @@ def write_pseudo_labels(checkpoint: str | Path, root: str | Path, tags: str | Pa
     device = pick_device()
     model = load_pretrained(checkpoint, device)
     entries = read_tags(root, tags, model.classes)
+    val_pairs = read_split(root, val_split) if val_split else []
     params = crf or CRFParams()
     dtype = amp_dtype("auto", device)
     tmp = partial_dir(out)
@@ -51,11 +59,17 @@ def write_pseudo_labels(checkpoint: str | Path, root: str | Path, tags: str | Pa
             tags_hot = torch.zeros(1, logits.shape[1], device=logits.device)
             tags_hot[0, list(e.tags)] = 1.0
             q = tag_restricted_marginals(logits, image_tensor(image, logits.device), tags_hot, params)
-            label = q.max(1).indices[0].to(torch.uint8).cpu().numpy()
+            best = q.max(1)
+            label = best.indices[0].to(torch.uint8)
+            label[best.values[0] < min_confidence] = model.classes.ignore_index
+            label = label.cpu().numpy()
             name = f"labels/{e.image.stem}.png"
             save_png(label, tmp / name, palette=model.classes.palette)
             lines.append(f"{Path(os.path.relpath(e.image, out)).as_posix()} {name}\n")
         (tmp / "train.txt").write_text("".join(lines))
+        if val_pairs:
+            rel = lambda p: Path(os.path.relpath(p, out)).as_posix()  # noqa: E731
+            (tmp / "val.txt").write_text("".join(f"{rel(i)} {rel(lab)}\n" for i, lab in val_pairs))
         (tmp / "classes.json").write_text(json.dumps(model.classes.to_dict(), indent=1) + "\n")
         os.replace(tmp, out)
     finally:
