@@ -34,6 +34,7 @@ class ModelConfig:
     backbone_weights: str | None = None  # a weights file for the backbone (e.g. torchvision's .pth)
     pretrained: bool = False  # the backbone's ImageNet weights from an installed package
     crf: dict[str, Any] | None = None  # an end-to-end CRF on top: kind mean_field (CRF-as-RNN) or dual_decomposition
+    init_from: str | None = None  # a checkpoint or shipped name of the same network: a new run starts from its weights
 
 
 @dataclass

@@ -264,3 +264,22 @@ def test_set_threads_honours_omp_num_threads(monkeypatch):
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_init_from_starts_a_new_run_from_a_checkpoint_of_the_same_network(synth_root, tmp_path):
+    """model.init_from loads the weights (a tiny learning rate then leaves them where they were); another
+    network or class count is one clear error."""
+    train(tiny_config(synth_root, epochs=1), tmp_path / "a", progress=False)
+    cfg = tiny_config(synth_root, epochs=1)
+    cfg.model.init_from = str(tmp_path / "a" / "last.pt")
+    cfg.optimizer.lr = 1e-12
+    train(cfg, tmp_path / "b", progress=False)
+    a = load_checkpoint(tmp_path / "a" / "last.pt")["state_dict"]
+    b = load_checkpoint(tmp_path / "b" / "last.pt")["state_dict"]
+    weights = [k for k in a if k.endswith("weight") and a[k].dim() == 4]
+    assert weights and all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in weights)
+    other = tiny_config(synth_root, epochs=1)
+    other.model.args = {"base_channels": 8, "depth": 2}
+    other.model.init_from = str(tmp_path / "a" / "last.pt")
+    with pytest.raises(CheckpointError, match="same network and class count"):
+        train(other, tmp_path / "c", progress=False)

@@ -207,6 +207,14 @@ def _train(cfg: Config, out_dir: Path, progress: bool, stop_after_epochs: int | 
             shutil.copyfile(out_dir / "config.yaml", out_dir / f"config.before_epoch_{state['train_state']['epoch']}.yaml")
             print("continuing with changed settings: " + "; ".join(changes))
         model.load_state_dict(state["state_dict"])
+    elif cfg.model.init_from:
+        if cfg.model.backbone_weights:
+            raise ConfigError("model.init_from and model.backbone_weights: give one of the two")
+        init = load_checkpoint(cfg.model.init_from)
+        if init.get("model") != model_spec:
+            raise CheckpointError(f"model.init_from {cfg.model.init_from}: holds model {init.get('model')}, but the "
+                                  f"config asks for {model_spec}; it must be the same network and class count")
+        model.load_state_dict(init["state_dict"])
     elif cfg.model.backbone_weights:
         load_backbone_weights(getattr(model, "net", model), cfg.model.backbone_weights)
     if is_main():
