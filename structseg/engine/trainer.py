@@ -187,9 +187,9 @@ def _train(cfg: Config, out_dir: Path, progress: bool, stop_after_epochs: int | 
     args = dict(cfg.model.args)
     pretrained = args.pop("pretrained", False) or cfg.model.pretrained  # in args as create_model takes it, or not
     model_spec = {"name": cfg.model.name, "args": args, "num_classes": c, "crf": cfg.model.crf}
-    # fails fast on a bad config; the ImageNet weights are loaded only for a new run
+    # fails fast on a bad config; the ImageNet weights are loaded only for a new run not started from model.init_from
     model = build_model(model_spec, tuple(cfg.data.mean), tuple(cfg.data.std),
-                        pretrained=pretrained and not (out_dir / "last.pt").exists())
+                        pretrained=pretrained and not cfg.model.init_from and not (out_dir / "last.pt").exists())
     train_ds, val_ds = build_datasets(cfg, progress)
 
     ckpt_last = out_dir / "last.pt"

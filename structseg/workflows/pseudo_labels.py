@@ -32,6 +32,11 @@ from ..structured.dense_crf import CRFParams
 from ..structured.seed_expand_constrain import tag_restricted_marginals
 
 
+def _relative(path: Path, out: Path) -> str:
+    """``path`` as a split entry of the dataset at ``out`` (relative, so the folder can move with its source)."""
+    return Path(os.path.relpath(path, out)).as_posix()
+
+
 def write_pseudo_labels(checkpoint: str | Path, root: str | Path, tags: str | Path, out: str | Path,
                         crf: CRFParams | None = None, progress: bool = True, min_confidence: float = 0.0,
                         val_split: str | None = None) -> Path:
@@ -65,11 +70,10 @@ def write_pseudo_labels(checkpoint: str | Path, root: str | Path, tags: str | Pa
             label = label.cpu().numpy()
             name = f"labels/{e.image.stem}.png"
             save_png(label, tmp / name, palette=model.classes.palette)
-            lines.append(f"{Path(os.path.relpath(e.image, out)).as_posix()} {name}\n")
+            lines.append(f"{_relative(e.image, out)} {name}\n")
         (tmp / "train.txt").write_text("".join(lines))
         if val_pairs:
-            rel = lambda p: Path(os.path.relpath(p, out)).as_posix()  # noqa: E731
-            (tmp / "val.txt").write_text("".join(f"{rel(i)} {rel(lab)}\n" for i, lab in val_pairs))
+            (tmp / "val.txt").write_text("".join(f"{_relative(i, out)} {_relative(lab, out)}\n" for i, lab in val_pairs))
         (tmp / "classes.json").write_text(json.dumps(model.classes.to_dict(), indent=1) + "\n")
         os.replace(tmp, out)
     finally:
