@@ -170,6 +170,19 @@ def train(cfg: Config, out_dir: str | Path, progress: bool = True, stop_after_ep
         raise
 
 
+def _init_weights(cfg: Config, model_spec: dict) -> dict | None:
+    """The state dict of ``model.init_from`` (checked to be the configured network), or None."""
+    if not cfg.model.init_from:
+        return None
+    if cfg.model.backbone_weights:
+        raise ConfigError("model.init_from and model.backbone_weights: give one of the two")
+    init = load_checkpoint(cfg.model.init_from)
+    if init.get("model") != model_spec:
+        raise CheckpointError(f"model.init_from {cfg.model.init_from}: holds model {init.get('model')}, but the "
+                              f"config asks for {model_spec}; it must be the same network and class count")
+    return init["state_dict"]
+
+
 def _train(cfg: Config, out_dir: Path, progress: bool, stop_after_epochs: int | None, allow_changes: bool) -> dict:
     distributed = init_distributed()
     set_threads(cfg.train.threads)
@@ -188,11 +201,12 @@ def _train(cfg: Config, out_dir: Path, progress: bool, stop_after_epochs: int | 
     pretrained = args.pop("pretrained", False) or cfg.model.pretrained  # in args as create_model takes it, or not
     model_spec = {"name": cfg.model.name, "args": args, "num_classes": c, "crf": cfg.model.crf}
     # fails fast on a bad config; the ImageNet weights are loaded only for a new run not started from model.init_from
+    ckpt_last = out_dir / "last.pt"
     model = build_model(model_spec, tuple(cfg.data.mean), tuple(cfg.data.std),
-                        pretrained=pretrained and not cfg.model.init_from and not (out_dir / "last.pt").exists())
+                        pretrained=pretrained and not cfg.model.init_from and not ckpt_last.exists())
+    init = None if ckpt_last.exists() else _init_weights(cfg, model_spec)  # before the datasets: fails fast
     train_ds, val_ds = build_datasets(cfg, progress)
 
-    ckpt_last = out_dir / "last.pt"
     state = None
     if ckpt_last.exists():
         state = load_checkpoint(ckpt_last)
@@ -207,14 +221,8 @@ def _train(cfg: Config, out_dir: Path, progress: bool, stop_after_epochs: int | 
             shutil.copyfile(out_dir / "config.yaml", out_dir / f"config.before_epoch_{state['train_state']['epoch']}.yaml")
             print("continuing with changed settings: " + "; ".join(changes))
         model.load_state_dict(state["state_dict"])
-    elif cfg.model.init_from:
-        if cfg.model.backbone_weights:
-            raise ConfigError("model.init_from and model.backbone_weights: give one of the two")
-        init = load_checkpoint(cfg.model.init_from)
-        if init.get("model") != model_spec:
-            raise CheckpointError(f"model.init_from {cfg.model.init_from}: holds model {init.get('model')}, but the "
-                                  f"config asks for {model_spec}; it must be the same network and class count")
-        model.load_state_dict(init["state_dict"])
+    elif init is not None:
+        model.load_state_dict(init)
     elif cfg.model.backbone_weights:
         load_backbone_weights(getattr(model, "net", model), cfg.model.backbone_weights)
     if is_main():
