@@ -65,19 +65,22 @@ def wait_idle(threshold: float = 0.10, timeout: float = 120.0) -> None:
         pass
 
 
-def make_input(scale: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def make_input(scale: float, classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The frame resized by ``scale`` (bicubic; labels nearest), and C-class probabilities simulated on it."""
     image = load_image(CAMVID / FRAME)
     label = load_label(CAMVID / FRAME.replace("val/", "valannot/"))
-    if scale > 1:
+    if scale != 1:
         from PIL import Image
         h, w = label.shape
-        image = np.array(Image.fromarray(image).resize((w * scale, h * scale), Image.BICUBIC))
-        label = np.array(Image.fromarray(label).resize((w * scale, h * scale), Image.NEAREST))
+        size = (round(w * scale), round(h * scale))
+        image = np.array(Image.fromarray(image).resize(size, Image.BICUBIC))
+        label = np.array(Image.fromarray(label).resize(size, Image.NEAREST))
     h, w = label.shape
     g = torch.Generator().manual_seed(seed)
     lab = torch.from_numpy(label.astype(np.int64))
     boost = F.one_hot(lab.clamp(max=10) % classes, classes).permute(2, 0, 1).float() * 4 * (lab < 11)
-    smooth = F.avg_pool2d(torch.randn(1, classes, h, w, generator=g), 8 * scale + 1, 1, 4 * scale)[0]
+    r = max(1, round(4 * scale))  # smooth-noise radius follows the image size (4 px at 480x360)
+    smooth = F.avg_pool2d(torch.randn(1, classes, h, w, generator=g), 2 * r + 1, 1, r)[0]
     smooth = smooth / smooth.std()
     logits = boost + torch.randn(classes, h, w, generator=g) + 1.5 * smooth
     return image, torch.softmax(logits, 0).numpy().astype(np.float32), np.where(label < 11, label % classes, 255)
@@ -131,9 +134,9 @@ def run_ours_backward(image_t, probs_t, it, p: CRFParams):
     return u.grad
 
 
-def timed(fns: dict, repeats: int, sync=lambda: None) -> dict:
+def timed(fns: dict, repeats: int, sync=lambda: None, idle: bool = True) -> dict:
     """Median seconds and last output of each function, the functions interleaved run by run (the
-    machine's speed drifts, so alternating keeps the comparison fair)."""
+    machine's speed drifts, so alternating keeps the comparison fair); ``idle``: wait for an idle CPU first."""
     for fn in fns.values():
         for _ in range(3):  # warm-up: steady use (fills the position-lattice cache; the allocator's pools grow)
             fn()
@@ -141,7 +144,8 @@ def timed(fns: dict, repeats: int, sync=lambda: None) -> dict:
     outs = {}
     for _ in range(repeats):
         for k, fn in fns.items():
-            wait_idle()
+            if idle:
+                wait_idle()
             t = time.perf_counter()
             outs[k] = fn()
             sync()
@@ -246,7 +250,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     ap.add_argument("--json", help="also write the rows as JSON")
-    ap.add_argument("--scales", default="1,2", help="1: 480x360, 2: 960x720 (comma-separated)")
+    ap.add_argument("--scales", default="1,2", help="frame size factors: 1: 480x360, 2: 960x720, 0.25: 120x90 (comma-separated)")
     ap.add_argument("--breakdown", action="store_true", help="also time each stage of our CRF (per size and C)")
     ap.add_argument("--classes", default="11,21", help="class counts (comma-separated)")
     ap.add_argument("--iterations", default="5,10", help="mean-field iteration counts (comma-separated)")
@@ -266,11 +270,13 @@ def main() -> None:
     print(f"CPU: {cpu_description()}", flush=True)
     device = torch.device(a.device)
     sync = (lambda: torch.cuda.synchronize()) if device.type == "cuda" else (lambda: None)
+    if device.type == "cuda":
+        print(f"GPU: {torch.cuda.get_device_name(device)}", flush=True)
     have_ref = importlib.util.find_spec("pydensecrf") is not None and device.type == "cpu"
     if not have_ref:
         print("pydensecrf not installed (pip install -e '.[bench]') or not on CPU: timing structseg only")
     rows = []
-    for scale in map(int, a.scales.split(",")):
+    for scale in map(float, a.scales.split(",")):
         for classes in map(int, a.classes.split(",")):
             image, probs, label = make_input(scale, classes)
             image_t = torch.from_numpy(image).permute(2, 0, 1)[None].float().to(device)
@@ -290,17 +296,23 @@ def main() -> None:
                 p = CRFParams(iterations=it)
                 for n, im_t, pr_t in cases:
                     fns = {"ours": lambda: run_ours_all(im_t, pr_t, it, p)}
+                    if device.type == "cuda":  # from host arrays: the copies in and the labels out included
+                        im_h, pr_h = im_t.cpu().pin_memory(), pr_t.cpu().pin_memory()
+                        fns["host"] = lambda: run_ours_all(im_h.to(device), pr_h.to(device), it, p)
                     if not a.no_backward and n == 1:
                         fns["bwd"] = lambda: run_ours_backward(im_t, pr_t, it, p)
                     if have_ref:
                         fns["ref"] = (lambda: run_pydensecrf(image, probs, it, p)) if n == 1 else \
                             (lambda: run_pydensecrf_batch(imgs, prbs, it, p))
-                    res = timed(fns, a.repeats, sync)
+                    res = timed(fns, a.repeats, sync, idle=device.type == "cpu")
                     t_ours, ours = res["ours"]
                     row = {"size": f"{image.shape[1]}x{image.shape[0]}", "batch": n, "classes": classes,
                            "iterations": it, "ours_ms": 1000 * t_ours}
                     if "bwd" in res:
                         row["ours_fwd_bwd_ms"] = 1000 * res["bwd"][0]
+                    if "host" in res:  # the same call on the CPU path: do the two devices agree?
+                        row["ours_from_host_ms"] = 1000 * res["host"][0]
+                        row["identical_to_cpu"] = float((run_ours_all(im_t.cpu(), pr_t.cpu(), it, p) == ours).mean())
                     if have_ref:
                         t_ref, ref = res["ref"]
                         ref = np.stack(ref) if n > 1 else ref[None]
@@ -314,9 +326,20 @@ def main() -> None:
                           flush=True)
     print(f"\nmachine: {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"device {device}; median of {a.repeats}")
+    if device.type == "cuda":
+        print("| size | batch | C | it | GPU ms (on device) | GPU ms (from host arrays) | identical to CPU path | "
+              "GPU fwd+bwd ms |\n|" + "---|" * 8)
+        for r in rows:
+            bwd = f"{r['ours_fwd_bwd_ms']:.1f}" if "ours_fwd_bwd_ms" in r else "-"
+            print(f"| {r['size']} | {r['batch']} | {r['classes']} | {r['iterations']} | {r['ours_ms']:.1f} | "
+                  f"{r['ours_from_host_ms']:.1f} | {100 * r['identical_to_cpu']:.3f} % | {bwd} |")
+        rows_table = []
+    else:
+        rows_table = rows
     head = "| size | batch | C | it | pydensecrf ms | structseg ms | speed-up | identical labels | structseg fwd+bwd ms |"
-    print(head + "\n|" + "---|" * 9)
-    for r in rows:
+    if rows_table:
+        print(head + "\n|" + "---|" * 9)
+    for r in rows_table:
         ref = f"{r['pydensecrf_ms']:.0f}" if "pydensecrf_ms" in r else "-"
         sp = f"{r['speedup']:.2f}x" if "speedup" in r else "-"
         same = f"{100 * r['identical_labels']:.3f} %" if "identical_labels" in r else "-"
