@@ -344,3 +344,23 @@ def test_softmax_rows_equals_softmax_for_every_row_length(c):
     assert torch.allclose(got.sum(1), torch.ones(257), atol=1e-5)
     xd = x[2:9].double().requires_grad_(True)  # and it is differentiable like softmax (CRF-as-RNN trains through it)
     assert torch.autograd.gradcheck(softmax_rows, (xd / 30,))
+
+
+@pytest.mark.parametrize("compatibility", ["potts", "diagonal", "full"])
+def test_blocked_inference_equals_the_differentiable_loop(monkeypatch, compatibility):
+    """Without autograd the CPU loop updates Q in place, block by block of pixels; it must equal the
+    differentiable loop (which the dense reference and pydensecrf parity check) over several blocks, a batch
+    and a ragged last block."""
+    import structseg.structured.dense_crf as dense_crf
+    monkeypatch.setattr(dense_crf, "BLOCK_BYTES", 1)  # the smallest blocks: 256 pixels
+    g = torch.Generator().manual_seed(3)
+    c = 5
+    image = torch.cat([tiny_image(4, 23, 29), tiny_image(5, 23, 29)])  # 667 pixels each: blocks of 256, ragged end
+    unary = torch.randn(2, c, 23, 29, generator=g) * 2
+    compat = {"potts": None, "diagonal": torch.rand(c, generator=g) + 0.5, "full": torch.rand(c, c, generator=g)}
+    p = CRFParams(iterations=4, appearance_xy=6.0)
+    with torch.no_grad():
+        blocked = mean_field(unary, image, p, compat[compatibility])
+    looped = mean_field(unary.clone().requires_grad_(True), image, p, compat[compatibility]).detach()
+    torch.testing.assert_close(blocked, looped, atol=1e-6, rtol=1e-5)
+    assert not torch.allclose(blocked, torch.softmax(-unary, 1), atol=1e-3)  # the iterations did something
