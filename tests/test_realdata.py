@@ -68,14 +68,16 @@ def test_shipped_camvid_checkpoint_reaches_its_recorded_val_miou(camvid, tmp_pat
     assert abs(metrics["miou"] - load_checkpoint(name)["metrics"]["miou"]) < 0.005
 
 
-def test_shipped_msrc21_checkpoint_reaches_its_recorded_val_miou(tmp_path):
+@pytest.mark.parametrize("name, floor", [("msrc21-lite2-fpn", 0.70), ("msrc21-lite2-fpn-weak", 0.55)])
+def test_shipped_msrc21_checkpoint_reaches_its_recorded_val_miou(tmp_path, name, floor):
+    # msrc21-lite2-fpn-weak: trained from image tags only (configs/msrc21/weak_expand_constrain.yaml)
     if not MSRC.is_dir():
         pytest.skip(f"{MSRC} not present")
     from structseg.engine.checkpoint import load_checkpoint
     from structseg.engine.report import evaluate_checkpoint
-    metrics = evaluate_checkpoint("msrc21-lite2-fpn", MSRC, "val.txt", tmp_path, panels=0, progress=False)
-    assert metrics["miou"] >= 0.70
-    assert abs(metrics["miou"] - load_checkpoint("msrc21-lite2-fpn")["metrics"]["miou"]) < 0.005
+    metrics = evaluate_checkpoint(name, MSRC, "val.txt", tmp_path, panels=0, progress=False)
+    assert metrics["miou"] >= floor
+    assert abs(metrics["miou"] - load_checkpoint(name)["metrics"]["miou"]) < 0.005
 
 
 def test_readme_python_section_runs_as_written(camvid, monkeypatch):
