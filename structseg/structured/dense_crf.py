@@ -293,13 +293,14 @@ def _any_grad(x) -> bool:
 
 
 def _combine(message: torch.Tensor, u: torch.Tensor, compatibility: torch.Tensor | None) -> torch.Tensor:
-    """The logits ``message - u`` of the next ``Q`` under the compatibility of :func:`mean_field`."""
+    """The logits of the next ``Q`` from the messages and the unary under the compatibility of
+    :func:`mean_field` (Potts: ``message - u``, in place; differentiable in the compatibility)."""
     if compatibility is None:
         return message.sub_(u)
     compatibility = compatibility.to(device=message.device, dtype=message.dtype)
     if compatibility.dim() == 1:
-        return message.mul_(compatibility).sub_(u)
-    return torch.neg(u).sub_(message @ compatibility.T)
+        return message * compatibility - u
+    return -u - message @ compatibility.T
 
 
 BLOCK_BYTES = 1 << 19  # pixels per block of the CPU inference loop: about 512 KiB of messages (fits in L2)
@@ -362,16 +363,10 @@ def mean_field(unary: torch.Tensor, image: torch.Tensor, params: CRFParams,
     q = softmax_rows(-u)
     if u.device.type == "cpu" and not (torch.is_grad_enabled() and (u.requires_grad or _any_grad(weights)
                                                                      or _any_grad(compatibility))):
-        return _blocked_iterations(q, u, op, params.iterations, weights, compatibility).view(
-            b, h, w, c).permute(0, 3, 1, 2).contiguous().to(unary.dtype)
-    for _ in range(params.iterations):
-        message = op(q, weights)
-        if compatibility is None:
-            q = softmax_rows(message.sub_(u))
-        elif compatibility.dim() == 1:
-            q = softmax_rows(message * compatibility.to(device=message.device, dtype=message.dtype) - u)
-        else:
-            q = softmax_rows(-u - message @ compatibility.T.to(device=message.device, dtype=message.dtype))
+        q = _blocked_iterations(q, u, op, params.iterations, weights, compatibility)
+    else:
+        for _ in range(params.iterations):
+            q = softmax_rows(_combine(op(q, weights), u, compatibility))
     return q.view(b, h, w, c).permute(0, 3, 1, 2).contiguous().to(unary.dtype)
 
 
