@@ -312,9 +312,9 @@ def _blocked_iterations(q: torch.Tensor, u: torch.Tensor, op: MessageOperator, i
 
     The same arithmetic as the loop of :func:`mean_field`, but no ``(BN, C)`` temporary per iteration: above
     glibc's mmap threshold (32 MiB, e.g. 480x360 at C >= 49) every fresh buffer of that size is new pages from
-    the kernel, and their page faults made each iteration 3-5x slower than its arithmetic (C = 59 / 150 at one
-    thread: softmax 48 / 100 ms against 8 / 22 ms on reused memory). Blocks also stay in cache between the
-    slice and the softmax."""
+    the kernel, and their page faults made each iteration 4-5x slower than its arithmetic (C = 59 / 150 at one
+    thread: softmax 42 / 76 ms against 8 / 17 ms on reused memory; ``benchmarks/fresh_buffer_cost.py``).
+    Blocks also stay in cache between the slice and the softmax."""
     rows = max(256, BLOCK_BYTES // (q.shape[1] * q.element_size()))
     for _ in range(iterations):
         for start, message in op.sliced_chunks(q, weights, rows):
