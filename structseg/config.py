@@ -138,6 +138,7 @@ class WeakConfig:
     min_share: float = 0.02
     prior: dict[str, Any] = field(default_factory=dict)
     gwrp_decay: float = 0.996  # expand_constrain: the rank-pooling decay on a 41 x 41 grid (rescaled to others)
+    gwrp_decay_classes: dict[str, float] = field(default_factory=dict)  # per class name, replacing gwrp_decay
 
 
 @dataclass

@@ -20,6 +20,16 @@ def test_gwrp_by_hand_and_its_limits():
     assert gwrp(probs, 1e-9).item() == pytest.approx(0.9, abs=1e-6)  # d -> 0: the max
 
 
+def test_gwrp_with_one_decay_per_class_is_each_class_on_its_own():
+    g = torch.Generator().manual_seed(1)
+    probs = torch.rand(2, 3, 4, 5, generator=g)
+    decays = torch.tensor([0.5, 0.9, 1.0])
+    pooled = gwrp(probs, decays)
+    for k in range(3):
+        assert torch.allclose(pooled[:, k], gwrp(probs[:, k:k + 1], float(decays[k]))[:, 0])
+    assert torch.allclose(pooled[:, 2], probs[:, 2].flatten(1).mean(1))  # d = 1: the mean
+
+
 def test_expand_loss_by_hand():
     probs = torch.zeros(1, 3, 2, 2)
     probs[0, 0] = torch.tensor([[0.8, 0.8], [0.1, 0.1]])
@@ -31,6 +41,12 @@ def test_expand_loss_by_hand():
     g0 = (0.8 * w[0] + 0.8 * w[1] + 0.1 * w[2] + 0.1 * w[3]) / sum(w)
     expected = -(math.log(g0) + math.log(g0)) / 2 - math.log(1 - 0.1)  # class 2's peak is 0.1
     assert expand_loss(probs, tags, d).item() == pytest.approx(expected, rel=1e-5)
+    # class 1 with its own decay (0.5 after rescaling): only its pooled term changes
+    d1 = 0.5 ** (4 / SEC_PIXELS)
+    w1 = [0.5 ** i for i in range(4)]
+    g1 = (0.8 * w1[0] + 0.8 * w1[1] + 0.1 * w1[2] + 0.1 * w1[3]) / sum(w1)
+    expected = -(math.log(g0) + math.log(g1)) / 2 - math.log(1 - 0.1)
+    assert expand_loss(probs, tags, torch.tensor([d, d1, d])).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_constrain_is_the_kl_to_the_tag_restricted_crf_and_only_trains_f():

@@ -79,6 +79,12 @@ def test_weak_config_errors(tagged_copy, tmp_path):
     bad.weak.prior = {"apperance_xy": 3.0}
     with pytest.raises(ConfigError, match="weak.prior"):
         train(bad, tmp_path / "e", progress=False)
+    for decays, match in (({"no_such_class": 0.999}, "gwrp_decay_classes.no_such_class.*no class of that name"),
+                          ({read_classes(root).names[0]: 1.5}, "gwrp_decay_classes.*in \\(0, 1\\]")):
+        bad = weak_config(root, tags)
+        bad.weak.method, bad.weak.gwrp_decay_classes = "expand_constrain", decays
+        with pytest.raises(ConfigError, match=match):
+            train(bad, tmp_path / "f", progress=False)
 
 
 def test_pseudo_labels_use_only_each_images_tags_and_form_a_dataset(tagged_copy, tmp_path):

@@ -245,7 +245,7 @@ def _train(cfg: Config, out_dir: Path, progress: bool, stop_after_epochs: int | 
     weights = weights.to(device) if weights is not None else None
     criterion = build_loss(cfg.train.loss, weights, classes.ignore_index)
 
-    objective = (build_objective(c, cfg.weak, tuple(cfg.data.mean), tuple(cfg.data.std)).to(device)
+    objective = (build_objective(c, cfg.weak, tuple(cfg.data.mean), tuple(cfg.data.std), classes.names).to(device)
                  if cfg.weak.tags else None)
     optimizer = build_optimizer(model if objective is None else torch.nn.ModuleList([model, objective]),
                                 cfg.optimizer)

@@ -29,10 +29,27 @@ def _crf_params(settings: dict, **defaults) -> CRFParams:
     return params
 
 
-def build_objective(num_classes: int, cfg: WeakConfig, mean: tuple[float, ...], std: tuple[float, ...]) -> nn.Module:
+def build_objective(num_classes: int, cfg: WeakConfig, mean: tuple[float, ...], std: tuple[float, ...],
+                    class_names: list[str] | None = None) -> nn.Module:
     """The objective ``weak.method`` names: the seed's bound or the expand / constrain baseline."""
-    cls = TagObjective if cfg.method == "latent_crf" else ExpandConstrainObjective
-    return cls(num_classes, cfg, mean, std)
+    if cfg.method == "latent_crf":
+        return TagObjective(num_classes, cfg, mean, std)
+    return ExpandConstrainObjective(num_classes, cfg, mean, std, class_names)
+
+
+def class_decays(cfg: WeakConfig, num_classes: int, class_names: list[str] | None) -> torch.Tensor:
+    """``(K,)`` rank-pooling decays: ``gwrp_decay``, replaced for the classes ``gwrp_decay_classes`` names."""
+    decays = torch.full((num_classes,), float(cfg.gwrp_decay), dtype=torch.float64)
+    names = list(class_names) if class_names is not None else [str(k) for k in range(num_classes)]
+    for name, value in cfg.gwrp_decay_classes.items():
+        if name not in names:
+            raise ConfigError(f"config key 'weak.gwrp_decay_classes.{name}': no class of that name; the classes "
+                              f"are {', '.join(names)}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+            raise ConfigError(f"config key 'weak.gwrp_decay_classes.{name}': expected a number in (0, 1], "
+                              f"got {value!r}")
+        decays[names.index(name)] = float(value)
+    return decays
 
 
 class _ImageObjective(nn.Module):
@@ -71,13 +88,15 @@ class TagObjective(_ImageObjective):
 class ExpandConstrainObjective(_ImageObjective):
     """The baseline: SEC's expand + constrain losses per image, averaged over the batch (no learned parameter)."""
 
-    def __init__(self, num_classes: int, cfg: WeakConfig, mean: tuple[float, ...], std: tuple[float, ...]):
+    def __init__(self, num_classes: int, cfg: WeakConfig, mean: tuple[float, ...], std: tuple[float, ...],
+                 class_names: list[str] | None = None):
         super().__init__(cfg, mean, std)
         self.params = _crf_params(cfg.prior)
+        self.decays = class_decays(cfg, num_classes, class_names)
 
     def forward(self, logits: torch.Tensor, images: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
         with torch.autocast(logits.device.type, enabled=False):
             probs = torch.softmax(logits.float(), 1)
-            expand = expand_loss(probs, tags, self.cfg.gwrp_decay)
+            expand = expand_loss(probs, tags, self.decays)
             constrain = constrain_loss(logits, self.rgb(images), tags, self.params)
             return (expand + constrain).mean()

@@ -19,18 +19,22 @@ from .dense_crf import CRFParams, mean_field
 SEC_PIXELS = 41 * 41
 
 
-def gwrp(probs: torch.Tensor, decay: float) -> torch.Tensor:
-    """Global weighted rank pooling ``(B, K)`` of ``probs`` ``(B, K, H, W)`` with the per-rank ``decay``."""
+def gwrp(probs: torch.Tensor, decay: float | torch.Tensor) -> torch.Tensor:
+    """Global weighted rank pooling ``(B, K)`` of ``probs`` ``(B, K, H, W)`` with the per-rank ``decay``
+    (one number, or ``(K,)``: one per class, as SEC's separate decay for the background)."""
     flat = probs.flatten(2).sort(2, descending=True).values
     n = flat.shape[-1]
-    weights = decay ** torch.arange(n, dtype=flat.dtype, device=flat.device)
-    return (flat * weights).sum(2) / weights.sum()
+    decay = torch.as_tensor(decay, dtype=flat.dtype, device=flat.device).reshape(-1, 1)  # (1 or K, 1)
+    weights = decay ** torch.arange(n, dtype=flat.dtype, device=flat.device)  # (1 or K, n)
+    return (flat * weights).sum(2) / weights.sum(1)
 
 
-def expand_loss(probs: torch.Tensor, tags: torch.Tensor, decay: float = 0.996, eps: float = 1e-5) -> torch.Tensor:
-    """SEC's expand loss per image ``(B,)``; ``decay`` for a 41 x 41 grid, rescaled to this one."""
+def expand_loss(probs: torch.Tensor, tags: torch.Tensor, decay: float | torch.Tensor = 0.996,
+                eps: float = 1e-5) -> torch.Tensor:
+    """SEC's expand loss per image ``(B,)``; ``decay`` (a number or one per class) for a 41 x 41 grid,
+    rescaled to this one."""
     n = probs.shape[-2] * probs.shape[-1]
-    pooled = gwrp(probs, decay ** (SEC_PIXELS / n)).clamp(eps, 1 - eps)
+    pooled = gwrp(probs, torch.as_tensor(decay, dtype=torch.float64) ** (SEC_PIXELS / n)).clamp(eps, 1 - eps)
     peak = probs.flatten(2).max(2).values.clamp(max=1 - eps)
     present = (-torch.log(pooled) * tags).sum(1) / tags.sum(1).clamp(min=1)
     absent = (-torch.log1p(-peak) * (1 - tags)).sum(1) / (1 - tags).sum(1).clamp(min=1)
