@@ -25,12 +25,7 @@ import torch
 
 from structseg._io import load_image
 from structseg.structured import lattice, lattice_numba
-from structseg.structured.dense_crf import (
-    CRFParams,
-    appearance_features,
-    message_operator,
-)
-from structseg.structured.mixed_radix import strides
+from structseg.structured.dense_crf import CRFParams, appearance_features, message_operator
 
 CAMVID = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "camvid"
 FRAME = "val/0016E5_07959.png"
@@ -56,7 +51,7 @@ def stages(features: torch.Tensor, repeats: int) -> dict[str, float]:
     lo_e, hi_e = (torch.from_numpy(x) for x in ln._row_bounds(e[:d].numpy()))
     lo = (torch.floor(lo_e / d1) - 4).long().tolist()
     spans = [int(h) - lo_ + 8 for h, lo_ in zip(torch.ceil(hi_e / d1).long().tolist(), lo)]
-    vstrides = strides([b] + spans + [d1])
+    vstrides = lattice._strides([b] + spans + [d1])
     en, t = e.numpy(), e.numpy().dtype.type
     place = np.array([s // d1 for s in vstrides[1:-1]], np.int64)
     perm = np.int64(d1 ** d)

@@ -27,9 +27,6 @@ import os
 import torch
 import torch.nn.functional as F
 
-from .mixed_radix import fits_int64 as _fits_int64
-from .mixed_radix import strides as _strides
-
 _EXACT_IN_FLOAT64 = 2 ** 53  # integers below this are exact in float64 (codes use float64 products below it)
 BUILDS = ("torch", "numba")
 _build = os.environ.get("STRUCTSEG_LATTICE_BUILD", "torch")
@@ -70,6 +67,14 @@ def _elevation_matrix(d: int, dtype: torch.dtype, device: torch.device) -> torch
         if j > 0:
             e[j, j - 1] = -float(j)
     return (e * scale[None, :]).to(device=device, dtype=dtype)
+
+
+def _strides(spans: list[int]) -> list[int]:
+    """Mixed-radix place values for digits with the given spans (first most significant)."""
+    strides = [1] * len(spans)
+    for k in range(len(spans) - 2, -1, -1):
+        strides[k] = strides[k + 1] * int(spans[k + 1])
+    return strides
 
 
 def all_finite(x: torch.Tensor) -> bool:
@@ -117,6 +122,13 @@ class Blur:
         for axis in (reversed(self.axes) if reverse else self.axes):
             values = axis @ values
         return values
+
+
+def _fits_int64(spans: list[int]) -> bool:
+    total = 1
+    for sp in spans:
+        total *= int(sp)
+    return total < 2 ** 62
 
 
 def _runs(sorted_keys_differ: torch.Tensor, order: torch.Tensor) -> tuple:

@@ -23,8 +23,6 @@ os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")  # numba's OpenMP la
 import numba  # noqa: E402
 from numba import njit, prange  # noqa: E402
 
-from .mixed_radix import fits_int64, strides  # noqa: E402
-
 _EMPTY = np.int64(-1)
 
 
@@ -309,6 +307,8 @@ def build(elevated: torch.Tensor, batch: int, points: int) -> dict | None:
     The codes are those of ``lattice._by_codes`` with the digit ranges bounded from the elevated coordinates'
     extremes instead of the exact ``t``: a mixed-radix code orders points as their digits do whatever the ranges,
     so the sorted numbering, and so every id, is the PyTorch path's."""
+    from .lattice import _fits_int64, _strides
+
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     d1 = elevated.shape[0]
     d = d1 - 1
@@ -316,9 +316,9 @@ def build(elevated: torch.Tensor, batch: int, points: int) -> dict | None:
     # t = rem0 / (d+1) with rem0 the multiple of d+1 nearest to the coordinate, moved by at most one step
     lo = (torch.floor(lo_e / d1) - 4).long().tolist()  # room below for the wrap, t - 1 and t -+ 1
     spans = [int(h) - l + 8 for h, l in zip(torch.ceil(hi_e / d1).long().tolist(), lo)]
-    if not (fits_int64([batch] + spans + [d1]) and fits_int64([batch] + spans + [d1] * d)):
+    if not (_fits_int64([batch] + spans + [d1]) and _fits_int64([batch] + spans + [d1] * d)):
         return None
-    vstrides = strides([batch] + spans + [d1])
+    vstrides = _strides([batch] + spans + [d1])
     e = elevated.numpy()
     t = e.dtype.type
     place = np.array([s // d1 for s in vstrides[1:-1]], np.int64)
