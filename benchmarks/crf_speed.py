@@ -20,17 +20,12 @@ fresh process: the rise of the peak resident set (``VmHWM``, reset through ``/pr
 the input is made and one warm-up call at another size has loaded the libraries) over the resident set before the call.
 
 The CPU model and its vector extensions are printed first.
-
-``--build numba`` times the compiled lattice build (``pip install -e ".[fast]"``, what
-``STRUCTSEG_LATTICE_BUILD=numba`` selects) instead of the default PyTorch one; ``--build both`` times both in the
-same alternation (a column each, "structseg numba ms" the compiled one).
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import json
-import os
 import platform
 import statistics
 import time
@@ -42,7 +37,6 @@ import torch.nn.functional as F
 
 from structseg._io import load_image, load_label
 from structseg.engine.metrics import class_map
-from structseg.structured import lattice
 from structseg.structured.dense_crf import (
     CRFParams,
     mean_field,
@@ -138,16 +132,6 @@ def run_ours_backward(image_t, probs_t, it, p: CRFParams):
     q = mean_field(u, image_t, p)
     q.square().sum().backward()
     return u.grad
-
-
-def with_build(name: str, fn, *args):
-    """``fn(*args)`` with the lattice build ``name``, the previous one restored after."""
-    before = lattice.get_build()
-    lattice.set_build(name)
-    try:
-        return fn(*args)
-    finally:
-        lattice.set_build(before)
 
 
 def timed(fns: dict, repeats: int, sync=lambda: None, idle: bool = True) -> dict:
@@ -272,19 +256,11 @@ def main() -> None:
     ap.add_argument("--iterations", default="5,10", help="mean-field iteration counts (comma-separated)")
     ap.add_argument("--batch", type=int, default=0, help="also time N frames per call against N pydensecrf calls")
     ap.add_argument("--no-backward", action="store_true", help="skip the forward+backward timing")
-    ap.add_argument("--build", choices=("torch", "numba", "both"), default=None,
-                    help="the CPU lattice build to time (default: STRUCTSEG_LATTICE_BUILD, else torch)")
     ap.add_argument("--memory", action="store_true", help="peak memory of one call of each side instead of times")
     ap.add_argument("--memory-child", choices=("ours", "pydensecrf"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
-    if a.build in ("torch", "numba"):
-        lattice.set_build(a.build)
-        os.environ["STRUCTSEG_LATTICE_BUILD"] = a.build  # for the --memory child processes
-    elif a.build == "both":
-        lattice.set_build("numba")  # fails here, with the install hint, where numba is missing
-        lattice.set_build("torch")
     if a.memory_child:
         return memory_child(a.memory_child, int(a.scales.split(",")[0]), int(a.classes.split(",")[0]))
     if a.memory:
@@ -320,8 +296,6 @@ def main() -> None:
                 p = CRFParams(iterations=it)
                 for n, im_t, pr_t in cases:
                     fns = {"ours": lambda: run_ours_all(im_t, pr_t, it, p)}
-                    if a.build == "both":
-                        fns["numba"] = lambda: with_build("numba", run_ours_all, im_t, pr_t, it, p)
                     if device.type == "cuda":  # from host arrays: the copies in and the labels out included
                         im_h, pr_h = im_t.cpu().pin_memory(), pr_t.cpu().pin_memory()
                         fns["host"] = lambda: run_ours_all(im_h.to(device), pr_h.to(device), it, p)
@@ -336,9 +310,6 @@ def main() -> None:
                            "iterations": it, "ours_ms": 1000 * t_ours}
                     if "bwd" in res:
                         row["ours_fwd_bwd_ms"] = 1000 * res["bwd"][0]
-                    if "numba" in res:
-                        row["ours_numba_ms"] = 1000 * res["numba"][0]
-                        row["same_as_torch_build"] = float((res["numba"][1] == ours).mean())
                     if "host" in res:  # the same call on the CPU path: do the two devices agree?
                         row["ours_from_host_ms"] = 1000 * res["host"][0]
                         row["identical_to_cpu"] = float((run_ours_all(im_t.cpu(), pr_t.cpu(), it, p) == ours).mean())
@@ -347,18 +318,14 @@ def main() -> None:
                         ref = np.stack(ref) if n > 1 else ref[None]
                         row |= {"pydensecrf_ms": 1000 * t_ref, "speedup": t_ref / t_ours,
                                 "identical_labels": float((ref == ours).mean())}
-                        if "numba" in res:
-                            row |= {"speedup_numba": t_ref / res["numba"][0],
-                                    "identical_labels_numba": float((ref == res["numba"][1]).mean())}
                     valid = label < 255
                     row["pixel_acc_unary"] = float((probs.argmax(0) == label)[valid].mean())
                     row["pixel_acc_crf"] = float((ours[0] == label)[valid].mean())
                     rows.append(row)
                     print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}),
                           flush=True)
-    build = "torch and numba" if a.build == "both" else lattice.get_build()
     print(f"\nmachine: {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"device {device}, lattice build {build}; median of {a.repeats}")
+          f"device {device}; median of {a.repeats}")
     if device.type == "cuda":
         print("| size | batch | C | it | GPU ms (on device) | GPU ms (from host arrays) | identical to CPU path | "
               "GPU fwd+bwd ms |\n|" + "---|" * 8)
@@ -370,23 +337,15 @@ def main() -> None:
     else:
         rows_table = rows
     head = "| size | batch | C | it | pydensecrf ms | structseg ms | speed-up | identical labels | structseg fwd+bwd ms |"
-    extra = a.build == "both"
-    if extra:
-        head += " structseg numba ms | speed-up | identical labels |"
     if rows_table:
-        print(head + "\n|" + "---|" * (12 if extra else 9))
+        print(head + "\n|" + "---|" * 9)
     for r in rows_table:
         ref = f"{r['pydensecrf_ms']:.0f}" if "pydensecrf_ms" in r else "-"
         sp = f"{r['speedup']:.2f}x" if "speedup" in r else "-"
         same = f"{100 * r['identical_labels']:.3f} %" if "identical_labels" in r else "-"
         bwd = f"{r['ours_fwd_bwd_ms']:.0f}" if "ours_fwd_bwd_ms" in r else "-"
-        line = (f"| {r['size']} | {r['batch']} | {r['classes']} | {r['iterations']} | {ref} | {r['ours_ms']:.0f} | {sp} | "
-                f"{same} | {bwd} |")
-        if extra:
-            sp_n = f"{r['speedup_numba']:.2f}x" if "speedup_numba" in r else "-"
-            same_n = f"{100 * r['identical_labels_numba']:.3f} %" if "identical_labels_numba" in r else "-"
-            line += f" {r['ours_numba_ms']:.0f} | {sp_n} | {same_n} |"
-        print(line)
+        print(f"| {r['size']} | {r['batch']} | {r['classes']} | {r['iterations']} | {ref} | {r['ours_ms']:.0f} | {sp} | "
+              f"{same} | {bwd} |")
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
 

@@ -22,39 +22,11 @@ A batch of images is one lattice: the image index is the most significant digit 
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 
 _EXACT_IN_FLOAT64 = 2 ** 53  # integers below this are exact in float64 (codes use float64 products below it)
-BUILDS = ("torch", "numba")
-_build = os.environ.get("STRUCTSEG_LATTICE_BUILD", "torch")
-
-
-def set_build(name: str) -> None:
-    """How CPU lattices are built: ``"torch"`` (the default, pure PyTorch, always available) or ``"numba"`` (the
-    same lattice from compiled hash-table passes, :mod:`structseg.structured.lattice_numba`; needs ``pip install
-    structseg[fast]``). Also set by the environment variable ``STRUCTSEG_LATTICE_BUILD``."""
-    global _build
-    if name not in BUILDS:
-        raise ValueError(f"unknown lattice build {name!r}; expected one of {', '.join(BUILDS)}")
-    if name == "numba":
-        _numba_module()
-    _build = name
-
-
-def get_build() -> str:
-    return _build
-
-
-def _numba_module():
-    try:
-        from . import lattice_numba
-    except ImportError as e:
-        raise ImportError(f"the numba lattice build needs numba ({e}); pip install 'structseg[fast]' or use "
-                          "the default build (STRUCTSEG_LATTICE_BUILD=torch)") from None
-    return lattice_numba
 
 
 def _elevation_matrix(d: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -269,11 +241,6 @@ class PermutohedralLattice:
         #    Coordinates are rows here ((d+1, BN) layout) so every step runs on contiguous memory.
         f = features.reshape(bn, d).to(self.dtype)
         diff = torch.mm(_elevation_matrix(d, self.dtype, device), f.T)  # (d+1, BN) elevated
-        if _build != "torch" and device.type == "cpu":
-            if _build not in BUILDS:
-                raise ValueError(f"STRUCTSEG_LATTICE_BUILD={_build!r}: expected one of {', '.join(BUILDS)}")
-            if self._compiled(diff, b, n):
-                return
         rem0 = torch.div(diff, d1).sub_(0.5).ceil_().mul_(d1)  # nearest multiple of d+1, ties down as densecrf
         diff.sub_(rem0)
         # rank_i = #{j > i: diff_j > diff_i} + #{j < i: diff_j >= diff_i} (densecrf's tie-breaking),
@@ -339,31 +306,13 @@ class PermutohedralLattice:
             0, vinv.long(), counts.repeat_interleave(d1))
         self.splat_offsets = torch.zeros(m + 1, dtype=torch.int64, device=device)
         torch.cumsum(per_point, 0, out=self.splat_offsets[1:])
-        self.splat_source = None
         self._slice = self._splat = self._blur = self._splat_points = None
-
-    def _compiled(self, elevated: torch.Tensor, b: int, n: int) -> bool:
-        """Steps 1-6 by the numba build; False (nothing set) where its codes would not fit in int64."""
-        parts = _numba_module().build(elevated, b, n)
-        if parts is None:
-            return False
-        m, d1 = parts["m"], self.dim + 1
-        self.num_lattice_points, self.bary, self.vertex = m, parts["bary"], parts["vertex"]
-        idx = torch.cat([parts["neighbours"], parts["neighbours"].new_full((d1, 2, 1), m)], 2)
-        self.neighbours = [(idx[j, 0], idx[j, 1]) for j in range(d1)]
-        self.splat_source, self.splat_offsets = parts["splat_source"], parts["splat_offsets"]
-        self._slice = self._splat = self._blur = None
-        self._splat_points = parts["splat_points"]
-        return True
 
     def splat_matrix(self, weights: torch.Tensor | None = None) -> SparseRows:
         """``(M, BN)``: the entry weights ``(BN, d+1)`` (default ``bary``) ordered by lattice point."""
         bn, d1 = self.batch * self.num_points, self.dim + 1
         values = (self.bary if weights is None else weights).reshape(-1)
-        if self.splat_source is not None:  # the compiled build gives each slot's entry: a gather
-            ordered = values.index_select(0, self.splat_source)
-        else:
-            ordered = torch.empty_like(values).scatter_(0, self.splat_dest, values)
+        ordered = torch.empty_like(values).scatter_(0, self.splat_dest, values)
         if self._splat_points is None:
             points = torch.arange(bn, dtype=torch.int32, device=self.bary.device).repeat_interleave(d1)
             self._splat_points = torch.empty_like(points).scatter_(0, self.splat_dest, points)
