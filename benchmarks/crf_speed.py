@@ -153,7 +153,7 @@ def timed(fns: dict, repeats: int, sync=lambda: None, idle: bool = True) -> dict
     return {k: (statistics.median(v), outs[k]) for k, v in times.items()}
 
 
-def breakdown(image_t, probs_t, p: CRFParams, repeats: int) -> dict:
+def breakdown(image_t, probs_t, p: CRFParams, repeats: int, sync=lambda: None) -> dict:
     """Milliseconds per stage of our CRF (no grad): where the end-to-end time goes."""
     from structseg.structured.dense_crf import (
         GaussianKernel,
@@ -194,8 +194,10 @@ def breakdown(image_t, probs_t, p: CRFParams, repeats: int) -> dict:
                 fn()
             times = []
             for _ in range(max(repeats, 5)):
+                sync()
                 t = time.perf_counter()
                 fn()
+                sync()
                 times.append(time.perf_counter() - t)
             ms[name] = 1000 * statistics.median(times)
     ms["splat/slice operators of both kernels"] -= ms["appearance lattice + normaliser"]
@@ -237,8 +239,8 @@ def memory_table(scales: list[int], classes: list[int], threads: int) -> None:
         for c in classes:
             got = {}
             for side in ("pydensecrf", "ours"):
-                cmd = [sys.executable, __file__, "--memory-child", side, "--scales", str(scale), "--classes", str(c),
-                       "--threads", str(threads)]
+                cmd = [sys.executable, __file__, "--memory-child", side, "--camvid", str(CAMVID), "--scales", str(scale),
+                       "--classes", str(c), "--threads", str(threads)]
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
                 got[side] = json.loads(out.strip().splitlines()[-1])["peak_rise_mib"]
             print(f"| {480 * scale}x{360 * scale} | {c} | {got['pydensecrf']:.0f} | {got['ours']:.0f} |", flush=True)
@@ -257,8 +259,14 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=0, help="also time N frames per call against N pydensecrf calls")
     ap.add_argument("--no-backward", action="store_true", help="skip the forward+backward timing")
     ap.add_argument("--memory", action="store_true", help="peak memory of one call of each side instead of times")
+    ap.add_argument("--camvid", type=Path, default=None,
+                    help=f"the CamVid folder holding {FRAME} and its valannot/ label (default: ../shared/data/camvid)")
     ap.add_argument("--memory-child", choices=("ours", "pydensecrf"), help=argparse.SUPPRESS)
     a = ap.parse_args()
+    global CAMVID
+    CAMVID = a.camvid or CAMVID
+    if not (CAMVID / FRAME).is_file():
+        ap.error(f"{CAMVID / FRAME} not found: --camvid names the CamVid folder in the unified layout")
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.memory_child:
@@ -283,7 +291,7 @@ def main() -> None:
             probs_t = torch.from_numpy(probs)[None].to(device)
             if a.breakdown:
                 p = CRFParams()
-                ms = breakdown(image_t, probs_t, p, a.repeats)
+                ms = breakdown(image_t, probs_t, p, a.repeats, sync)
                 print(json.dumps({"size": f"{image.shape[1]}x{image.shape[0]}", "classes": classes,
                                   "stage_ms": {k: round(v, 1) for k, v in ms.items()}}), flush=True)
             cases = [(1, image_t, probs_t)]
@@ -299,6 +307,8 @@ def main() -> None:
                     if device.type == "cuda":  # from host arrays: the copies in and the labels out included
                         im_h, pr_h = im_t.cpu().pin_memory(), pr_t.cpu().pin_memory()
                         fns["host"] = lambda: run_ours_all(im_h.to(device), pr_h.to(device), it, p)
+                        im_c, pr_c = im_t.cpu(), pr_t.cpu()  # the CPU path on the same machine: the crossover
+                        fns["cpu"] = lambda: run_ours_all(im_c, pr_c, it, p)
                     if not a.no_backward and n == 1:
                         fns["bwd"] = lambda: run_ours_backward(im_t, pr_t, it, p)
                     if have_ref:
@@ -312,7 +322,13 @@ def main() -> None:
                         row["ours_fwd_bwd_ms"] = 1000 * res["bwd"][0]
                     if "host" in res:  # the same call on the CPU path: do the two devices agree?
                         row["ours_from_host_ms"] = 1000 * res["host"][0]
-                        row["identical_to_cpu"] = float((run_ours_all(im_t.cpu(), pr_t.cpu(), it, p) == ours).mean())
+                        row["cpu_path_ms"] = 1000 * res["cpu"][0]
+                        torch.cuda.synchronize()
+                        before = torch.cuda.memory_allocated(device)
+                        torch.cuda.reset_peak_memory_stats(device)
+                        run_ours_all(im_t, pr_t, it, p)
+                        row["gpu_peak_mib"] = (torch.cuda.max_memory_allocated(device) - before) / 2 ** 20
+                        row["identical_to_cpu"] = float((res["cpu"][1] == ours).mean())
                     if have_ref:
                         t_ref, ref = res["ref"]
                         ref = np.stack(ref) if n > 1 else ref[None]
@@ -327,12 +343,14 @@ def main() -> None:
     print(f"\nmachine: {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"device {device}; median of {a.repeats}")
     if device.type == "cuda":
-        print("| size | batch | C | it | GPU ms (on device) | GPU ms (from host arrays) | identical to CPU path | "
-              "GPU fwd+bwd ms |\n|" + "---|" * 8)
+        print(f"| size | batch | C | it | GPU ms (on device) | GPU ms (from host arrays) | CPU path ms "
+              f"({torch.get_num_threads()} threads) | CPU / GPU from host | identical to CPU path | "
+              "GPU fwd+bwd ms | GPU peak MiB |\n|" + "---|" * 11)
         for r in rows:
             bwd = f"{r['ours_fwd_bwd_ms']:.1f}" if "ours_fwd_bwd_ms" in r else "-"
             print(f"| {r['size']} | {r['batch']} | {r['classes']} | {r['iterations']} | {r['ours_ms']:.1f} | "
-                  f"{r['ours_from_host_ms']:.1f} | {100 * r['identical_to_cpu']:.3f} % | {bwd} |")
+                  f"{r['ours_from_host_ms']:.1f} | {r['cpu_path_ms']:.1f} | "
+                  f"{r['cpu_path_ms'] / r['ours_from_host_ms']:.2f}x | {100 * r['identical_to_cpu']:.3f} % | {bwd} | {r['gpu_peak_mib']:.0f} |")
         rows_table = []
     else:
         rows_table = rows
