@@ -19,6 +19,11 @@ Before every timed block the script waits until the machine is idle (< 10 % busy
 fresh process: the rise of the peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs`` after
 the input is made and one warm-up call at another size has loaded the libraries) over the resident set before the call.
 
+``--device cuda`` times the GPU path on the device and from host arrays (copies in, labels out), beside
+structseg's CPU path on the same machine at ``--threads`` (the crossover: from which size the GPU wins), with
+the share of identical labels between the two and the GPU's peak memory of one call; pydensecrf is not run.
+``--camvid DIR`` reads the frame from another folder (e.g. the device kit's, ``benchmarks/gpu_kit``).
+
 The CPU model and its vector extensions are printed first.
 """
 from __future__ import annotations
