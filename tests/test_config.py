@@ -72,3 +72,5 @@ def test_shipped_configs_parse():
         cfg = load_config(path)
         with torch.device("meta"):  # the model each recipe names builds with its arguments
             create_model(cfg.model.name, 11, **cfg.model.args)
+        if path.name.startswith("weak"):  # a weak recipe names its tags file: without it, it would train on labels
+            assert cfg.weak.tags, f"{path} sets no weak.tags"

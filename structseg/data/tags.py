@@ -40,7 +40,9 @@ def read_tags(root: str | Path, path: str | Path, classes: ClassInfo | None = No
     classes = classes or read_classes(root)
     path = Path(path) if Path(path).is_absolute() else root / path
     if not path.is_file():
-        raise DataError(f"{path}: tags file not found")
+        raise DataError(f"{path}: tags file not found; write one from the split's label maps with `structseg data "
+                        "tags ROOT --split train.txt --out FILE` (or by hand, 'IMAGE class,class' per line) and give "
+                        "it as weak.tags (--set weak.tags=FILE, relative to data.root) or --tags FILE")
     index = {n: i for i, n in enumerate(classes.names)}
     entries, seen = [], set()
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
