@@ -46,9 +46,11 @@ def cmd_data_tags(a: argparse.Namespace) -> None:
 
 def cmd_data_pseudo(a: argparse.Namespace) -> None:
     from .structured.crf_postprocess import load_crf_params
+    from .structured.colour_model import ColourModel
     from .workflows.pseudo_labels import write_pseudo_labels
+    colour = ColourModel(a.colour_weight, a.colour_rounds, a.colour_bins) if a.colour_weight else None
     out = write_pseudo_labels(a.checkpoint, a.root, a.tags, a.out, load_crf_params(a.crf or None, a.crf_set or []),
-                              progress=not a.quiet, min_confidence=a.min_confidence, val_split=a.val)
+                              progress=not a.quiet, min_confidence=a.min_confidence, val_split=a.val, colour=colour)
     if a.val:
         print(f"wrote {out} (train.txt, val.txt -> {a.val} of {a.root}, labels/, classes.json): "
               f"train on it with data.root={out}")
@@ -363,6 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
                     help="write the ignore index where the refined marginal of the chosen class is below P")
     ps.add_argument("--val", metavar="SPLIT", help="also write val.txt pointing at ROOT's SPLIT (e.g. val.txt)")
+    ps.add_argument("--colour-weight", type=float, default=0.0, metavar="W",
+                    help="add W x each image's per-class colour log-likelihood to the unary (0: off; 2 on MSRC-21)")
+    ps.add_argument("--colour-rounds", type=int, default=3, metavar="R", help="colour-model re-estimations")
+    ps.add_argument("--colour-bins", type=int, default=16, metavar="B", help="colour levels per RGB channel")
     ps.add_argument("--quiet", action="store_true")
     ps.set_defaults(func=cmd_data_pseudo)
 

@@ -139,6 +139,9 @@ class WeakConfig:
     prior: dict[str, Any] = field(default_factory=dict)
     gwrp_decay: float = 0.996  # expand_constrain: the rank-pooling decay on a 41 x 41 grid (rescaled to others)
     gwrp_decay_classes: dict[str, float] = field(default_factory=dict)  # per class name, replacing gwrp_decay
+    # expand_constrain: per-image colour models added to the constrain term's unary (``weight``, ``rounds``,
+    # ``bins``, ``prior`` of :class:`structseg.structured.colour_model.ColourModel`; empty or weight 0: off)
+    colour: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

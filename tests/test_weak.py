@@ -55,11 +55,13 @@ def test_garbage_in_the_training_label_maps_changes_nothing(tagged_copy, tmp_pat
     assert clean.keys() == dirty.keys() and all(torch.equal(clean[k], dirty[k]) for k in clean)
 
 
-def test_the_expand_constrain_baseline_trains_from_tags(tagged_copy, tmp_path):
+@pytest.mark.parametrize("colour", [{}, {"weight": 2.0, "bins": 8}])
+def test_the_expand_constrain_baseline_trains_from_tags(tagged_copy, tmp_path, colour):
     root, tags = tagged_copy
     cfg = weak_config(root, tags, epochs=1)
     cfg.weak.method = "expand_constrain"
     cfg.weak.prior = {"iterations": 2, "appearance_xy": 20.0}
+    cfg.weak.colour = colour
     summary = train(cfg, tmp_path / "sec", progress=False)
     assert math.isfinite(summary["best_miou"])
     assert load_checkpoint(tmp_path / "sec" / "last.pt")["train_state"]["objective"] == {}
@@ -79,6 +81,11 @@ def test_weak_config_errors(tagged_copy, tmp_path):
     bad.weak.prior = {"apperance_xy": 3.0}
     with pytest.raises(ConfigError, match="weak.prior"):
         train(bad, tmp_path / "e", progress=False)
+    for colour, match in (({"wieght": 2.0}, "weak.colour.*wieght"), ({"weight": 2.0, "bins": 100}, "weak.colour.*bins")):
+        bad = weak_config(root, tags)
+        bad.weak.method, bad.weak.colour = "expand_constrain", colour
+        with pytest.raises(ConfigError, match=match):
+            train(bad, tmp_path / "g", progress=False)
     for decays, match in (({"no_such_class": 0.999}, "gwrp_decay_classes.no_such_class.*no class of that name"),
                           ({read_classes(root).names[0]: 1.5}, "gwrp_decay_classes.*in \\(0, 1\\]")):
         bad = weak_config(root, tags)
@@ -87,19 +94,26 @@ def test_weak_config_errors(tagged_copy, tmp_path):
             train(bad, tmp_path / "f", progress=False)
 
 
-def test_pseudo_labels_use_only_each_images_tags_and_form_a_dataset(tagged_copy, tmp_path):
-    import numpy as np
-
-    from structseg.cli import main
-    from structseg.data.dataset import SegmentationDataset
-    from structseg.data.tags import read_tags
+@pytest.fixture
+def sec_checkpoint(tagged_copy, tmp_path):
+    """A one-epoch expand / constrain network: what ``structseg data pseudo-labels`` reads."""
     root, tags = tagged_copy
     cfg = weak_config(root, tags, epochs=1)
     cfg.weak.method = "expand_constrain"
     cfg.weak.prior = {"iterations": 2}
     train(cfg, tmp_path / "sec", progress=False)
+    return root, tags, tmp_path / "sec" / "best.pt"
+
+
+def test_pseudo_labels_use_only_each_images_tags_and_form_a_dataset(sec_checkpoint, tmp_path):
+    import numpy as np
+
+    from structseg.cli import main
+    from structseg.data.dataset import SegmentationDataset
+    from structseg.data.tags import read_tags
+    root, tags, checkpoint = sec_checkpoint
     out = tmp_path / "pseudo"
-    assert main(["data", "pseudo-labels", str(tmp_path / "sec" / "best.pt"), str(root), "--tags", str(tags),
+    assert main(["data", "pseudo-labels", str(checkpoint), str(root), "--tags", str(tags),
                  "--out", str(out), "--crf-set", "iterations=2", "--quiet"]) == 0
     ds = SegmentationDataset(out, "train.txt")
     entries = read_tags(root, tags)
@@ -108,23 +122,19 @@ def test_pseudo_labels_use_only_each_images_tags_and_form_a_dataset(tagged_copy,
         image, label = ds.load(i)
         assert set(np.unique(label).tolist()) <= set(e.tags)  # never a class the image is not tagged with
         assert image.shape[:2] == label.shape
-    assert main(["data", "pseudo-labels", str(tmp_path / "sec" / "best.pt"), str(root), "--tags", str(tags),
+    assert main(["data", "pseudo-labels", str(checkpoint), str(root), "--tags", str(tags),
                  "--out", str(out)]) == 2  # an existing folder is never overwritten
 
 
-def test_pseudo_labels_confidence_threshold_and_validation_split(tagged_copy, tmp_path):
+def test_pseudo_labels_confidence_threshold_and_validation_split(sec_checkpoint, tmp_path):
     """--min-confidence ignores exactly the pixels the plain run labels with a marginal below it; --val
     points at the original split's files."""
     import numpy as np
 
     from structseg.cli import main
     from structseg.data.dataset import SegmentationDataset
-    root, tags = tagged_copy
-    cfg = weak_config(root, tags, epochs=1)
-    cfg.weak.method = "expand_constrain"
-    cfg.weak.prior = {"iterations": 2}
-    train(cfg, tmp_path / "sec", progress=False)
-    common = [str(tmp_path / "sec" / "best.pt"), str(root), "--tags", str(tags), "--crf-set", "iterations=2",
+    root, tags, checkpoint = sec_checkpoint
+    common = [str(checkpoint), str(root), "--tags", str(tags), "--crf-set", "iterations=2",
               "--quiet"]
     assert main(["data", "pseudo-labels", *common, "--out", str(tmp_path / "all")]) == 0
     assert main(["data", "pseudo-labels", *common, "--out", str(tmp_path / "sure"), "--min-confidence", "0.999",
@@ -141,3 +151,39 @@ def test_pseudo_labels_confidence_threshold_and_validation_split(tagged_copy, tm
     resolved = lambda pairs: [(i.resolve(), lab.resolve()) for i, lab in pairs]  # noqa: E731
     assert resolved(read_split(tmp_path / "sure", "val.txt")) == resolved(read_split(root, "val.txt"))
     assert main(["data", "pseudo-labels", *common, "--out", str(tmp_path / "bad"), "--min-confidence", "1.5"]) == 2
+    assert main(["data", "pseudo-labels", *common, "--out", str(tmp_path / "bad"), "--colour-weight", "2",
+                 "--colour-bins", "100"]) == 2
+    assert not (tmp_path / "bad").exists()
+
+
+def test_pseudo_labels_with_colour_models_are_the_refined_marginals(sec_checkpoint, tmp_path):
+    """--colour-weight writes the argmax of tag_restricted_marginals with the colour model, image by image."""
+    import numpy as np
+
+    from structseg._io import load_image
+    from structseg.cli import main
+    from structseg.data.dataset import SegmentationDataset
+    from structseg.data.tags import read_tags
+    from structseg.data.transforms import network_input
+    from structseg.engine.checkpoint import load_pretrained
+    from structseg.engine.inference import forward_logits
+    from structseg.engine.runtime import amp_dtype
+    from structseg.structured.colour_model import ColourModel
+    from structseg.structured.dense_crf import CRFParams
+    from structseg.structured.seed_expand_constrain import tag_restricted_marginals
+    root, tags, checkpoint = sec_checkpoint
+    out = tmp_path / "colour"
+    assert main(["data", "pseudo-labels", str(checkpoint), str(root), "--tags", str(tags),
+                 "--out", str(out), "--crf-set", "iterations=2", "--colour-weight", "3", "--colour-bins", "8",
+                 "--quiet"]) == 0
+    model = load_pretrained(checkpoint, torch.device("cpu"))
+    ds = SegmentationDataset(out, "train.txt")
+    for i, e in enumerate(read_tags(root, tags)):
+        image = load_image(e.image)
+        cpu = torch.device("cpu")
+        logits = forward_logits(model, network_input(image, *model.normalization)[None], cpu, amp_dtype("auto", cpu))
+        hot = torch.zeros(1, logits.shape[1])
+        hot[0, list(e.tags)] = 1.0
+        rgb = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+        q = tag_restricted_marginals(logits, rgb, hot, CRFParams(iterations=2), ColourModel(3.0, 3, 8))
+        assert np.array_equal(ds.load(i)[1], q[0].argmax(0).numpy()), e.image

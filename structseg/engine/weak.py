@@ -15,6 +15,7 @@ import torch.nn as nn
 from ..config import WeakConfig
 from ..data.transforms import rgb255
 from ..errors import ConfigError
+from ..structured.colour_model import ColourModel
 from ..structured.dense_crf import CRFParams
 from ..structured.latent_crf import kl_to_crf_prior, tag_log_likelihood_bound
 from ..structured.seed_expand_constrain import constrain_loss, expand_loss
@@ -27,6 +28,16 @@ def _crf_params(settings: dict, **defaults) -> CRFParams:
     except (TypeError, ValueError) as e:
         raise ConfigError(f"config key 'weak.prior': {e}") from None
     return params
+
+
+def colour_model(settings: dict) -> ColourModel | None:
+    """``weak.colour`` as a :class:`ColourModel` (None when off); an unknown key or bad value is a config error."""
+    try:
+        model = ColourModel(**settings)
+        model.validate()
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"config key 'weak.colour': {e}; keys: weight, rounds, bins, prior") from None
+    return model if model.weight > 0 else None
 
 
 def build_objective(num_classes: int, cfg: WeakConfig, mean: tuple[float, ...], std: tuple[float, ...],
@@ -93,10 +104,11 @@ class ExpandConstrainObjective(_ImageObjective):
         super().__init__(cfg, mean, std)
         self.params = _crf_params(cfg.prior)
         self.decays = class_decays(cfg, num_classes, class_names)
+        self.colour = colour_model(cfg.colour)
 
     def forward(self, logits: torch.Tensor, images: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
         with torch.autocast(logits.device.type, enabled=False):
             probs = torch.softmax(logits.float(), 1)
             expand = expand_loss(probs, tags, self.decays)
-            constrain = constrain_loss(logits, self.rgb(images), tags, self.params)
+            constrain = constrain_loss(logits, self.rgb(images), tags, self.params, colour=self.colour)
             return (expand + constrain).mean()

@@ -8,12 +8,14 @@ github:kolesman/SEC ``pylayers.py``), without background and saliency (MSRC-21's
   ``d^(1681 / N)`` so that ``d^N`` stays the same on other grids;
 - **constrain**: ``mean_j KL(Q_j || f_j)`` with ``Q`` the dense CRF's mean field on the network's scores
   restricted to the tags (no gradient through ``Q``): the prediction is pulled towards its own CRF-refined,
-  boundary-respecting version.
+  boundary-respecting version; optionally (``weak.colour``) with each image's per-class colour models added to
+  the unary first (:mod:`structseg.structured.colour_model`), a cue for where an object ends.
 """
 from __future__ import annotations
 
 import torch
 
+from .colour_model import ColourModel
 from .dense_crf import CRFParams, mean_field
 
 SEC_PIXELS = 41 * 41
@@ -43,17 +45,21 @@ def expand_loss(probs: torch.Tensor, tags: torch.Tensor, decay: float | torch.Te
 
 @torch.no_grad()
 def tag_restricted_marginals(logits: torch.Tensor, image: torch.Tensor, tags: torch.Tensor,
-                             params: CRFParams) -> torch.Tensor:
+                             params: CRFParams, colour: ColourModel | None = None) -> torch.Tensor:
     """The dense CRF's mean field ``Q`` ``(B, K, H, W)`` on the scores with the classes an image is not tagged with
-    excluded (``tags`` multi-hot ``(B, K)``; ``image`` RGB 0-255 ``(B, 3, H, W)``); no gradient."""
+    excluded (``tags`` multi-hot ``(B, K)``; ``image`` RGB 0-255 ``(B, 3, H, W)``); no gradient. With ``colour``,
+    the unary first gets the image's per-class colour models (:mod:`structseg.structured.colour_model`)."""
     masked = logits.detach().float().masked_fill(tags[:, :, None, None] == 0, -1e4)
-    return mean_field(-torch.log_softmax(masked, 1), image.float(), params)
+    log_probs = torch.log_softmax(masked, 1)
+    if colour is not None:
+        log_probs = colour(log_probs, image.float())
+    return mean_field(-log_probs, image.float(), params)
 
 
 def constrain_loss(logits: torch.Tensor, image: torch.Tensor, tags: torch.Tensor, params: CRFParams,
-                   eps: float = 1e-8) -> torch.Tensor:
+                   eps: float = 1e-8, colour: ColourModel | None = None) -> torch.Tensor:
     """SEC's constrain loss per image ``(B,)``: ``mean_j KL(Q_j || f_j)``, ``Q`` the
-    :func:`tag_restricted_marginals`, taken as a constant target."""
-    q = tag_restricted_marginals(logits, image, tags, params)
+    :func:`tag_restricted_marginals` (with ``colour``: after the per-image colour models), a constant target."""
+    q = tag_restricted_marginals(logits, image, tags, params, colour)
     log_f = torch.log_softmax(logits.float(), 1)
     return (q * (torch.log(q.clamp(min=eps)) - log_f)).sum(1).flatten(1).mean(1)

@@ -6,7 +6,8 @@ The result is a new dataset folder in the unified layout (``classes.json``, ``tr
 split points at the original images by relative path, nothing is copied), on which an ordinary,
 fully supervised run is trained. ``min_confidence`` writes the ignore index where the refined marginal of
 the chosen class is below it (uncertain pixels are left out of the loss rather than taught wrong), and
-``val_split`` adds the original dataset's validation split (paths to its images and label maps) so the run
+``colour`` adds each image's per-class colour models to the unary before the CRF
+(:mod:`structseg.structured.colour_model`), and ``val_split`` adds the original dataset's validation split (paths to its images and label maps) so the run
 on the pseudo labels is scored on real labels as it trains.
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ from ..engine.checkpoint import load_pretrained
 from ..engine.inference import forward_logits
 from ..engine.runtime import amp_dtype, pick_device
 from ..errors import DataError
+from ..structured.colour_model import ColourModel
 from ..structured.crf_postprocess import image_tensor
 from ..structured.dense_crf import CRFParams
 from ..structured.seed_expand_constrain import tag_restricted_marginals
@@ -39,10 +41,15 @@ def _relative(path: Path, out: Path) -> str:
 
 def write_pseudo_labels(checkpoint: str | Path, root: str | Path, tags: str | Path, out: str | Path,
                         crf: CRFParams | None = None, progress: bool = True, min_confidence: float = 0.0,
-                        val_split: str | None = None) -> Path:
+                        val_split: str | None = None, colour: ColourModel | None = None) -> Path:
     """Label every image of the tags file with the CRF-refined, tag-restricted prediction; returns ``out``."""
     if not 0.0 <= min_confidence < 1.0:
         raise DataError(f"min_confidence must be in [0, 1), got {min_confidence}")
+    if colour is not None:
+        try:
+            colour.validate()
+        except ValueError as e:
+            raise DataError(str(e)) from None
     out = Path(out)
     if out.exists():
         raise DataError(f"{out}: already exists; choose a new folder for the pseudo-labelled dataset")
@@ -63,7 +70,7 @@ def write_pseudo_labels(checkpoint: str | Path, root: str | Path, tags: str | Pa
             logits = forward_logits(model, network_input(image, *model.normalization)[None], device, dtype)
             tags_hot = torch.zeros(1, logits.shape[1], device=logits.device)
             tags_hot[0, list(e.tags)] = 1.0
-            q = tag_restricted_marginals(logits, image_tensor(image, logits.device), tags_hot, params)
+            q = tag_restricted_marginals(logits, image_tensor(image, logits.device), tags_hot, params, colour)
             best = q.max(1)
             label = best.indices[0].to(torch.uint8)
             label[best.values[0] < min_confidence] = model.classes.ignore_index
