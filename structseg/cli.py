@@ -47,7 +47,7 @@ def cmd_data_tags(a: argparse.Namespace) -> None:
 def cmd_data_pseudo(a: argparse.Namespace) -> None:
     from .structured.crf_postprocess import load_crf_params
     from .structured.colour_model import ColourModel
-    from .workflows.pseudo_labels import write_pseudo_labels
+    from .engine.pseudo_labels import write_pseudo_labels
     colour = ColourModel(a.colour_weight, a.colour_rounds, a.colour_bins) if a.colour_weight else None
     out = write_pseudo_labels(a.checkpoint, a.root, a.tags, a.out, load_crf_params(a.crf or None, a.crf_set or []),
                               progress=not a.quiet, min_confidence=a.min_confidence, val_split=a.val, colour=colour)

@@ -129,10 +129,13 @@ class WeakConfig:
     the share of an image a tagged class must cover before it is explained (caps the likelihood's rates);
     ``prior``: the dense-CRF kernels of the prior (``smoothness_*``, ``appearance_*`` keys). ``method:
     expand_constrain`` trains the baseline instead (SEC's expand and constrain losses, the latter's CRF
-    with the ``prior`` kernels, :mod:`structseg.structured.seed_expand_constrain`)."""
+    with the ``prior`` kernels, :mod:`structseg.structured.seed_expand_constrain`); ``method: retrain`` is the
+    baseline's retraining round: ``teacher`` labels the tagged images (:mod:`structseg.engine.pseudo_labels`)
+    and the run trains on those labels as on pixel labels."""
 
     tags: str | None = None
-    method: Literal["latent_crf", "expand_constrain"] = "latent_crf"  # the seed's bound, or the SEC baseline
+    # the seed's bound, the SEC baseline, or a supervised run on pseudo labels of ``teacher`` (written once per run)
+    method: Literal["latent_crf", "expand_constrain", "retrain"] = "latent_crf"
     kl_weight: float = 1.0
     leak: float = 0.01
     min_share: float = 0.02
@@ -142,6 +145,9 @@ class WeakConfig:
     # expand_constrain: per-image colour models added to the constrain term's unary (``weight``, ``rounds``,
     # ``bins``, ``prior`` of :class:`structseg.structured.colour_model.ColourModel`; empty or weight 0: off)
     colour: dict[str, Any] = field(default_factory=dict)
+    # retrain: the network whose tag-restricted, CRF-refined (``prior`` kernels, ``colour`` models) predictions of
+    # the tagged images become the labels; a shipped model's name or a run's checkpoint, itself trained from tags
+    teacher: str | None = None
 
 
 @dataclass

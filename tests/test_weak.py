@@ -11,7 +11,7 @@ from structseg.data.layout import read_classes, read_split
 from structseg.data.tags import tags_from_labels, write_tags
 from structseg.engine.checkpoint import load_checkpoint
 from structseg.engine.trainer import train
-from structseg.errors import ConfigError, DataError
+from structseg.errors import ConfigError, DataError, StructsegError
 
 from .test_engine import tiny_config
 
@@ -187,3 +187,61 @@ def test_pseudo_labels_with_colour_models_are_the_refined_marginals(sec_checkpoi
         rgb = torch.from_numpy(image).permute(2, 0, 1)[None].float()
         q = tag_restricted_marginals(logits, rgb, hot, CRFParams(iterations=2), ColourModel(3.0, 3, 8))
         assert np.array_equal(ds.load(i)[1], q[0].argmax(0).numpy()), e.image
+
+
+def retrain_config(root, tags, teacher, epochs=1):
+    cfg = weak_config(root, tags, epochs=epochs)
+    cfg.weak.method, cfg.weak.teacher = "retrain", str(teacher)
+    cfg.weak.prior, cfg.weak.colour = {"iterations": 2}, {"weight": 2.0, "bins": 8}
+    return cfg
+
+
+def test_retrain_trains_on_the_teachers_pseudo_labels_and_resumes(sec_checkpoint, tmp_path):
+    """weak.method retrain writes what `data pseudo-labels` writes with the same settings, once per run."""
+    import numpy as np
+
+    from structseg._io import load_label
+    from structseg.cli import main
+    root, tags, checkpoint = sec_checkpoint
+    run = tmp_path / "retrain"
+    train(retrain_config(root, tags, checkpoint, epochs=2), run, progress=False, stop_after_epochs=1)
+    assert main(["data", "pseudo-labels", str(checkpoint), str(root), "--tags", str(tags), "--out",
+                 str(tmp_path / "cli"), "--crf-set", "iterations=2", "--colour-weight", "2", "--colour-bins", "8",
+                 "--quiet"]) == 0
+    ours, cli = read_split(run / "pseudo_labels", "train.txt"), read_split(tmp_path / "cli", "train.txt")
+    assert [i.resolve() for i, _ in ours] == [i.resolve() for i, _ in cli] and len(ours) > 0
+    assert all(np.array_equal(load_label(a), load_label(b)) for (_, a), (_, b) in zip(ours, cli))
+    written = {lab: lab.stat().st_mtime_ns for _, lab in ours}
+    summary = train(retrain_config(root, tags, checkpoint, epochs=2), run, progress=False)
+    state = load_checkpoint(run / "last.pt")["train_state"]
+    assert state["epoch"] == 2 and math.isfinite(summary["best_miou"]) and state["objective"] is None
+    assert {lab: lab.stat().st_mtime_ns for _, lab in read_split(run / "pseudo_labels", "train.txt")} == written
+
+
+def test_retrain_never_reads_a_training_label_map(sec_checkpoint, tmp_path):
+    root, tags, checkpoint = sec_checkpoint
+    train(retrain_config(root, tags, checkpoint), tmp_path / "a", progress=False)
+    clean = load_checkpoint(tmp_path / "a" / "last.pt")["state_dict"]
+    val_labels = {lab for _, lab in read_split(root, "val.txt")}
+    for _, lab in read_split(root, "train.txt"):
+        if lab not in val_labels:
+            lab.write_bytes(b"garbage, not a PNG")
+    train(retrain_config(root, tags, checkpoint), tmp_path / "b", progress=False)
+    dirty = load_checkpoint(tmp_path / "b" / "last.pt")["state_dict"]
+    assert clean.keys() == dirty.keys() and all(torch.equal(clean[k], dirty[k]) for k in clean)
+
+
+def test_retrain_config_errors(sec_checkpoint, tmp_path):
+    root, tags, checkpoint = sec_checkpoint
+    cfg = retrain_config(root, tags, checkpoint)
+    cfg.weak.teacher = None
+    with pytest.raises(ConfigError, match="weak.teacher.*empty"):
+        train(cfg, tmp_path / "a", progress=False)
+    cfg = retrain_config(root, tags, checkpoint)
+    cfg.weak.method = "expand_constrain"
+    with pytest.raises(ConfigError, match="weak.teacher.*retrain only"):
+        train(cfg, tmp_path / "b", progress=False)
+    cfg = retrain_config(root, tags, tmp_path / "no_such.pt")
+    with pytest.raises(StructsegError, match="no_such.pt"):
+        train(cfg, tmp_path / "c", progress=False)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()

@@ -41,18 +41,23 @@ from .optim import build_optimizer, lr_factor
 from .run_folder import RunLock, check_resume
 from .run_log import RunLog, read_run_log
 from .runtime import amp_dtype, autocast, pick_device, set_threads
+from .pseudo_labels import retrain_labels
 from .weak import build_objective
 
 
-def build_datasets(cfg: Config, progress: bool = True) -> tuple[SegmentationDataset | TaggedDataset,
-                                                                SegmentationDataset | None]:
-    """Training set with augmentation (images and tags alone with ``weak.tags``) and the (optional) validation
-    set, decoded into RAM."""
+def build_datasets(cfg: Config, progress: bool = True, pseudo_root: Path | None = None
+                   ) -> tuple[SegmentationDataset | TaggedDataset, SegmentationDataset | None]:
+    """Training set with augmentation (images and tags alone with ``weak.tags``; the pseudo labels in
+    ``pseudo_root`` with ``weak.method: retrain``) and the (optional) validation set, decoded into RAM."""
     d, a = cfg.data, cfg.augment
     train_tf = TrainTransform(mean=tuple(d.mean), std=tuple(d.std), scale=tuple(a.scale),
                               crop_size=tuple(a.crop_size) if a.crop_size else None, hflip=a.hflip,
                               brightness=a.brightness, contrast=a.contrast, saturation=a.saturation, hue=a.hue)
-    if cfg.weak.tags:  # weak supervision: images and tags only, no label map is read
+    on_tags = cfg.weak.tags and pseudo_root is None
+    if pseudo_root is not None:  # weak.method retrain: labels written by a teacher from the images and tags
+        train_ds = SegmentationDataset(pseudo_root, "train.txt", train_tf, cache=d.cache, seed=cfg.train.seed,
+                                       channels=d.channels)
+    elif on_tags:  # weak supervision: images and tags only, no label map is read
         train_ds = TaggedDataset(d.root, cfg.weak.tags, train_tf, seed=cfg.train.seed, channels=d.channels)
     else:
         train_ds = SegmentationDataset(d.root, d.train_split, train_tf, cache=d.cache, seed=cfg.train.seed,
@@ -71,7 +76,7 @@ def build_datasets(cfg: Config, progress: bool = True) -> tuple[SegmentationData
             raise ConfigError(f"{d.val_split} and {d.train_split} use different classes.json")
     progress = progress and is_main()
     train_ds.preload(progress)
-    if not cfg.weak.tags and d.cache and all((train_ds.load(i)[1] == train_ds.classes.ignore_index).all()
+    if not on_tags and d.cache and all((train_ds.load(i)[1] == train_ds.classes.ignore_index).all()
                                              for i in range(len(train_ds))):
         raise ConfigError(f"{d.root}/{d.train_split}: every label pixel is the ignore index "
                           f"{train_ds.classes.ignore_index}; there is nothing to train on")
@@ -205,7 +210,9 @@ def _train(cfg: Config, out_dir: Path, progress: bool, stop_after_epochs: int | 
     model = build_model(model_spec, tuple(cfg.data.mean), tuple(cfg.data.std),
                         pretrained=pretrained and not cfg.model.init_from and not ckpt_last.exists())
     init = None if ckpt_last.exists() else _init_weights(cfg, model_spec)  # before the datasets: fails fast
-    train_ds, val_ds = build_datasets(cfg, progress)
+    retrain = bool(cfg.weak.tags) and cfg.weak.method == "retrain"
+    pseudo_root = retrain_labels(cfg.weak, cfg.data.root, out_dir, device, show) if retrain else None
+    train_ds, val_ds = build_datasets(cfg, progress, pseudo_root)
 
     state = None
     if ckpt_last.exists():
@@ -246,7 +253,7 @@ def _train(cfg: Config, out_dir: Path, progress: bool, stop_after_epochs: int | 
     criterion = build_loss(cfg.train.loss, weights, classes.ignore_index)
 
     objective = (build_objective(c, cfg.weak, tuple(cfg.data.mean), tuple(cfg.data.std), classes.names).to(device)
-                 if cfg.weak.tags else None)
+                 if cfg.weak.tags and not retrain else None)
     optimizer = build_optimizer(model if objective is None else torch.nn.ModuleList([model, objective]),
                                 cfg.optimizer)
     scaler = torch.amp.GradScaler(device.type, enabled=(dtype == torch.float16 and device.type == "cuda"))

@@ -21,7 +21,8 @@ from ..structured.latent_crf import kl_to_crf_prior, tag_log_likelihood_bound
 from ..structured.seed_expand_constrain import constrain_loss, expand_loss
 
 
-def _crf_params(settings: dict, **defaults) -> CRFParams:
+def crf_params(settings: dict, **defaults) -> CRFParams:
+    """``weak.prior`` as :class:`CRFParams` (``defaults`` under it); a bad key or value is a config error."""
     try:
         params = CRFParams(**{**defaults, **settings})
         params.validate()
@@ -43,6 +44,8 @@ def colour_model(settings: dict) -> ColourModel | None:
 def build_objective(num_classes: int, cfg: WeakConfig, mean: tuple[float, ...], std: tuple[float, ...],
                     class_names: list[str] | None = None) -> nn.Module:
     """The objective ``weak.method`` names: the seed's bound or the expand / constrain baseline."""
+    if cfg.teacher:
+        raise ConfigError(f"config key 'weak.teacher' is read by weak.method retrain only (method is {cfg.method})")
     if cfg.method == "latent_crf":
         return TagObjective(num_classes, cfg, mean, std)
     return ExpandConstrainObjective(num_classes, cfg, mean, std, class_names)
@@ -79,7 +82,7 @@ class _ImageObjective(nn.Module):
 class TagObjective(_ImageObjective):
     def __init__(self, num_classes: int, cfg: WeakConfig, mean: tuple[float, ...], std: tuple[float, ...]):
         super().__init__(cfg, mean, std)
-        self.prior = _crf_params(cfg.prior, iterations=1)  # the KL needs the kernels, not iterations
+        self.prior = crf_params(cfg.prior, iterations=1)  # the KL needs the kernels, not iterations
         self.rho = nn.Parameter(torch.zeros(num_classes))
 
     def rates(self, pixels: int) -> torch.Tensor:
@@ -102,7 +105,7 @@ class ExpandConstrainObjective(_ImageObjective):
     def __init__(self, num_classes: int, cfg: WeakConfig, mean: tuple[float, ...], std: tuple[float, ...],
                  class_names: list[str] | None = None):
         super().__init__(cfg, mean, std)
-        self.params = _crf_params(cfg.prior)
+        self.params = crf_params(cfg.prior)
         self.decays = class_decays(cfg, num_classes, class_names)
         self.colour = colour_model(cfg.colour)
 

@@ -1,4 +1,5 @@
-"""``structseg data pseudo-labels``: the retraining round of the image-label baseline.
+"""Pseudo labels: the retraining round of the image-label baseline (``structseg data pseudo-labels``, and
+``weak.method: retrain``, which writes them into its run folder before it trains on them).
 
 A network trained from tags predicts each tagged training image; the dense CRF refines its scores with the
 classes the image is not tagged with excluded, and the argmax over the tags becomes that image's label map.
@@ -24,10 +25,13 @@ from .._io import load_image, partial_dir, prepare_output_dir, save_png
 from ..data.layout import read_split
 from ..data.tags import read_tags
 from ..data.transforms import network_input
-from ..engine.checkpoint import load_pretrained
-from ..engine.inference import forward_logits
-from ..engine.runtime import amp_dtype, pick_device
-from ..errors import DataError
+from .checkpoint import load_pretrained
+from .inference import forward_logits
+from .distributed import barrier, is_main
+from .runtime import amp_dtype, pick_device
+from .weak import colour_model, crf_params
+from ..config import WeakConfig
+from ..errors import ConfigError, DataError
 from ..structured.colour_model import ColourModel
 from ..structured.crf_postprocess import image_tensor
 from ..structured.dense_crf import CRFParams
@@ -41,7 +45,8 @@ def _relative(path: Path, out: Path) -> str:
 
 def write_pseudo_labels(checkpoint: str | Path, root: str | Path, tags: str | Path, out: str | Path,
                         crf: CRFParams | None = None, progress: bool = True, min_confidence: float = 0.0,
-                        val_split: str | None = None, colour: ColourModel | None = None) -> Path:
+                        val_split: str | None = None, colour: ColourModel | None = None,
+                        device: torch.device | None = None) -> Path:
     """Label every image of the tags file with the CRF-refined, tag-restricted prediction; returns ``out``."""
     if not 0.0 <= min_confidence < 1.0:
         raise DataError(f"min_confidence must be in [0, 1), got {min_confidence}")
@@ -55,7 +60,7 @@ def write_pseudo_labels(checkpoint: str | Path, root: str | Path, tags: str | Pa
         raise DataError(f"{out}: already exists; choose a new folder for the pseudo-labelled dataset")
     prepare_output_dir(out.parent, "folder of the pseudo-labelled dataset")
     root = Path(root)
-    device = pick_device()
+    device = device or pick_device()
     model = load_pretrained(checkpoint, device)
     entries = read_tags(root, tags, model.classes)
     val_pairs = read_split(root, val_split) if val_split else []
@@ -86,3 +91,18 @@ def write_pseudo_labels(checkpoint: str | Path, root: str | Path, tags: str | Pa
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def retrain_labels(cfg: WeakConfig, root: str | Path, out_dir: Path, device: torch.device,
+                   progress: bool = True) -> Path:
+    """``weak.method: retrain``: the teacher's pseudo labels of the tagged images, in ``out_dir/pseudo_labels``
+    (written once, by the main process; a resumed run reuses them)."""
+    folder = out_dir / "pseudo_labels"
+    if not cfg.teacher:
+        raise ConfigError("config key 'weak.teacher' is empty: weak.method retrain trains on the pseudo labels of a "
+                          "network trained from tags; give a shipped model's name or a run's best.pt")
+    if is_main() and not folder.exists():
+        write_pseudo_labels(cfg.teacher, root, cfg.tags, folder, crf_params(cfg.prior), progress,
+                            colour=colour_model(cfg.colour), device=device)
+    barrier()
+    return folder
