@@ -49,7 +49,8 @@ def cmd_data_pseudo(a: argparse.Namespace) -> None:
     from .structured.colour_model import ColourModel
     from .engine.pseudo_labels import write_pseudo_labels
     colour = ColourModel(a.colour_weight, a.colour_rounds, a.colour_bins) if a.colour_weight else None
-    out = write_pseudo_labels(a.checkpoint, a.root, a.tags, a.out, load_crf_params(a.crf or None, a.crf_set or []),
+    teachers = a.checkpoint if len(a.checkpoint) > 1 else a.checkpoint[0]
+    out = write_pseudo_labels(teachers, a.root, a.tags, a.out, load_crf_params(a.crf or None, a.crf_set or []),
                               progress=not a.quiet, min_confidence=a.min_confidence, val_split=a.val, colour=colour)
     if a.val:
         print(f"wrote {out} (train.txt, val.txt -> {a.val} of {a.root}, labels/, classes.json): "
@@ -356,7 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--quiet", action="store_true")
     tg.set_defaults(func=cmd_data_tags)
     ps = dsub.add_parser("pseudo-labels", help="label tagged images with a network + tag-restricted dense CRF")
-    ps.add_argument("checkpoint", help="a network trained from tags (e.g. weak.method expand_constrain)")
+    ps.add_argument("checkpoint", nargs="+",
+                    help="a network trained from tags (e.g. weak.method expand_constrain); several: an ensemble")
     ps.add_argument("root", help="the dataset root the tags file's images are relative to")
     ps.add_argument("--tags", required=True, help="the tags file of the images to label")
     ps.add_argument("--out", required=True, help="new folder for the pseudo-labelled dataset")

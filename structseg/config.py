@@ -146,8 +146,9 @@ class WeakConfig:
     # ``bins``, ``prior`` of :class:`structseg.structured.colour_model.ColourModel`; empty or weight 0: off)
     colour: dict[str, Any] = field(default_factory=dict)
     # retrain: the network whose tag-restricted, CRF-refined (``prior`` kernels, ``colour`` models) predictions of
-    # the tagged images become the labels; a shipped model's name or a run's checkpoint, itself trained from tags
-    teacher: str | None = None
+    # the tagged images become the labels; a shipped model's name or a run's checkpoint, itself trained from tags,
+    # or a list of them (an ensemble: their softmax outputs averaged)
+    teacher: str | list[str] | None = None
 
 
 @dataclass

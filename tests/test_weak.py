@@ -245,3 +245,41 @@ def test_retrain_config_errors(sec_checkpoint, tmp_path):
     with pytest.raises(StructsegError, match="no_such.pt"):
         train(cfg, tmp_path / "c", progress=False)
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
+def test_pseudo_labels_from_an_ensemble_of_teachers_average_their_softmax(sec_checkpoint, tmp_path):
+    import numpy as np
+
+    from structseg._io import load_image
+    from structseg.cli import main
+    from structseg.data.dataset import SegmentationDataset
+    from structseg.data.tags import read_tags
+    from structseg.data.transforms import network_input
+    from structseg.engine.checkpoint import load_pretrained
+    from structseg.engine.inference import forward_logits
+    from structseg.engine.runtime import amp_dtype
+    from structseg.structured.dense_crf import CRFParams
+    from structseg.structured.seed_expand_constrain import tag_restricted_marginals
+    root, tags, first = sec_checkpoint
+    cfg = weak_config(root, tags, epochs=1, seed=7)
+    cfg.weak.method, cfg.weak.prior = "expand_constrain", {"iterations": 2}
+    train(cfg, tmp_path / "sec7", progress=False)
+    second = tmp_path / "sec7" / "best.pt"
+    out = tmp_path / "ens"
+    assert main(["data", "pseudo-labels", str(first), str(second), str(root), "--tags", str(tags), "--out", str(out),
+                 "--crf-set", "iterations=2", "--quiet"]) == 0
+    cpu = torch.device("cpu")
+    models = [load_pretrained(c, cpu) for c in (first, second)]
+    ds, changed = SegmentationDataset(out, "train.txt"), 0
+    for i, e in enumerate(read_tags(root, tags)):
+        image = load_image(e.image)
+        probs = [torch.softmax(forward_logits(m, network_input(image, *m.normalization)[None], cpu,
+                                              amp_dtype("auto", cpu)).float(), 1) for m in models]
+        hot = torch.zeros(1, probs[0].shape[1])
+        hot[0, list(e.tags)] = 1.0
+        rgb = torch.from_numpy(image).permute(2, 0, 1)[None].float()
+        label = lambda p: tag_restricted_marginals(torch.log(p), rgb, hot, CRFParams(iterations=2))[0].argmax(0)  # noqa: E731
+        ensemble = label((probs[0] + probs[1]) / 2).numpy()
+        assert np.array_equal(ds.load(i)[1], ensemble), e.image
+        changed += int((ensemble != label(probs[0]).numpy()).sum())
+    assert changed > 0  # the second teacher moved some labels: the result is not the first teacher's alone

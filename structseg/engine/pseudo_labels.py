@@ -43,11 +43,30 @@ def _relative(path: Path, out: Path) -> str:
     return Path(os.path.relpath(path, out)).as_posix()
 
 
-def write_pseudo_labels(checkpoint: str | Path, root: str | Path, tags: str | Path, out: str | Path,
+def _teachers(checkpoints: list[str | Path], device: torch.device) -> list[torch.nn.Module]:
+    """The teacher networks; several must share their classes (their softmax outputs are averaged)."""
+    models = [load_pretrained(c, device) for c in checkpoints]
+    for c, m in zip(checkpoints[1:], models[1:]):
+        if m.classes.names != models[0].classes.names:
+            raise DataError(f"teacher {c}: classes {m.classes.names} differ from {checkpoints[0]}'s "
+                            f"{models[0].classes.names}; an ensemble of teachers needs one class list")
+    return models
+
+
+def _ensemble_log_probs(models: list[torch.nn.Module], image, device: torch.device, dtype) -> torch.Tensor:
+    """``log`` of the teachers' mean softmax ``(1, K, H, W)`` (one teacher: its log-softmax)."""
+    probs = sum(torch.softmax(forward_logits(m, network_input(image, *m.normalization)[None], device, dtype).float(), 1)
+                for m in models)
+    return torch.log((probs / len(models)).clamp(min=1e-30))
+
+
+def write_pseudo_labels(checkpoint: str | Path | list[str | Path], root: str | Path, tags: str | Path,
+                        out: str | Path,
                         crf: CRFParams | None = None, progress: bool = True, min_confidence: float = 0.0,
                         val_split: str | None = None, colour: ColourModel | None = None,
                         device: torch.device | None = None) -> Path:
-    """Label every image of the tags file with the CRF-refined, tag-restricted prediction; returns ``out``."""
+    """Label every image of the tags file with the CRF-refined, tag-restricted prediction; returns ``out``.
+    ``checkpoint`` may be a list: the teachers' softmax outputs are averaged (an ensemble) before the rest."""
     if not 0.0 <= min_confidence < 1.0:
         raise DataError(f"min_confidence must be in [0, 1), got {min_confidence}")
     if colour is not None:
@@ -61,7 +80,8 @@ def write_pseudo_labels(checkpoint: str | Path, root: str | Path, tags: str | Pa
     prepare_output_dir(out.parent, "folder of the pseudo-labelled dataset")
     root = Path(root)
     device = device or pick_device()
-    model = load_pretrained(checkpoint, device)
+    models = _teachers(list(checkpoint) if isinstance(checkpoint, (list, tuple)) else [checkpoint], device)
+    model = models[0]
     entries = read_tags(root, tags, model.classes)
     val_pairs = read_split(root, val_split) if val_split else []
     params = crf or CRFParams()
@@ -72,7 +92,8 @@ def write_pseudo_labels(checkpoint: str | Path, root: str | Path, tags: str | Pa
         lines = []
         for e in tqdm(entries, desc="pseudo labels", unit="img", disable=not progress):
             image = load_image(e.image)
-            logits = forward_logits(model, network_input(image, *model.normalization)[None], device, dtype)
+            logits = (forward_logits(model, network_input(image, *model.normalization)[None], device, dtype)
+                      if len(models) == 1 else _ensemble_log_probs(models, image, device, dtype))
             tags_hot = torch.zeros(1, logits.shape[1], device=logits.device)
             tags_hot[0, list(e.tags)] = 1.0
             q = tag_restricted_marginals(logits, image_tensor(image, logits.device), tags_hot, params, colour)
