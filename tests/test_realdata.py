@@ -68,9 +68,11 @@ def test_shipped_camvid_checkpoint_reaches_its_recorded_val_miou(camvid, tmp_pat
     assert abs(metrics["miou"] - load_checkpoint(name)["metrics"]["miou"]) < 0.005
 
 
-@pytest.mark.parametrize("name, floor", [("msrc21-lite2-fpn", 0.70), ("msrc21-lite2-fpn-weak", 0.55)])
+@pytest.mark.parametrize("name, floor", [("msrc21-lite2-fpn", 0.70), ("msrc21-lite2-fpn-weak", 0.65),
+                                         ("msrc21-lite2-fpn-weak-sec", 0.55)])
 def test_shipped_msrc21_checkpoint_reaches_its_recorded_val_miou(tmp_path, name, floor):
-    # msrc21-lite2-fpn-weak: trained from image tags only (configs/msrc21/weak_expand_constrain.yaml)
+    # msrc21-lite2-fpn-weak: trained from image tags only (configs/msrc21/weak_retrain_ensemble.yaml), on the pseudo
+    # labels of four teachers, one of them msrc21-lite2-fpn-weak-sec (configs/msrc21/weak_expand_constrain.yaml)
     if not MSRC.is_dir():
         pytest.skip(f"{MSRC} not present")
     from structseg.engine.checkpoint import load_checkpoint
@@ -78,6 +80,17 @@ def test_shipped_msrc21_checkpoint_reaches_its_recorded_val_miou(tmp_path, name,
     metrics = evaluate_checkpoint(name, MSRC, "val.txt", tmp_path, panels=0, progress=False)
     assert metrics["miou"] >= floor
     assert abs(metrics["miou"] - load_checkpoint(name)["metrics"]["miou"]) < 0.005
+
+
+def test_shipped_weak_model_reaches_three_quarters_of_full_supervision(tmp_path):
+    """Issue 15's target, on val: the model trained from tags scores at least 0.75 of the fully supervised
+    model of the same network (both evaluated here, not read from their records)."""
+    if not MSRC.is_dir():
+        pytest.skip(f"{MSRC} not present")
+    from structseg.engine.report import evaluate_checkpoint
+    weak, full = (evaluate_checkpoint(n, MSRC, "val.txt", tmp_path / n, panels=0, progress=False)["miou"]
+                  for n in ("msrc21-lite2-fpn-weak", "msrc21-lite2-fpn"))
+    assert weak >= 0.75 * full, (weak, full)
 
 
 def test_readme_python_section_runs_as_written(camvid, monkeypatch):
