@@ -283,3 +283,16 @@ def test_pseudo_labels_from_an_ensemble_of_teachers_average_their_softmax(sec_ch
         assert np.array_equal(ds.load(i)[1], ensemble), e.image
         changed += int((ensemble != label(probs[0]).numpy()).sum())
     assert changed > 0  # the second teacher moved some labels: the result is not the first teacher's alone
+
+
+def test_an_ensemble_of_teachers_with_other_classes_is_refused(sec_checkpoint, tmp_path, capsys):
+    from structseg.cli import main
+    from structseg.engine.checkpoint import export_checkpoint
+    root, tags, first = sec_checkpoint
+    payload = load_checkpoint(first)
+    renamed = {**payload["classes"], "classes": [f"other{i}" for i in range(len(payload["classes"]["classes"]))]}
+    other = tmp_path / "other.pt"
+    export_checkpoint(first, other, half=False, changes={"classes": renamed})
+    assert main(["data", "pseudo-labels", str(first), str(other), str(root), "--tags", str(tags),
+                 "--out", str(tmp_path / "ens"), "--quiet"]) == 2
+    assert "other.pt: classes" in capsys.readouterr().err and not (tmp_path / "ens").exists()
