@@ -25,7 +25,7 @@ from .._io import load_image, partial_dir, prepare_output_dir, save_png
 from ..data.layout import read_split
 from ..data.tags import read_tags
 from ..data.transforms import network_input
-from .checkpoint import load_pretrained
+from .checkpoint import load_pretrained, resolve_checkpoint
 from .inference import forward_logits
 from .distributed import barrier, is_main
 from .runtime import amp_dtype, pick_device
@@ -123,6 +123,12 @@ def retrain_labels(cfg: WeakConfig, root: str | Path, out_dir: Path, device: tor
         raise ConfigError("config key 'weak.teacher' is empty: weak.method retrain trains on the pseudo labels of a "
                           "network trained from tags; give a shipped model's name or a run's best.pt")
     if is_main() and not folder.exists():
+        teachers = cfg.teacher if isinstance(cfg.teacher, list) else [cfg.teacher]
+        for t in teachers:
+            path = resolve_checkpoint(t)
+            if not path.is_file():
+                raise ConfigError(f"config key 'weak.teacher': {t}: checkpoint not found (a shipped model's name or a "
+                                  "run's best.pt, relative to where you run; train the teachers first, see the config)")
         write_pseudo_labels(cfg.teacher, root, cfg.tags, folder, crf_params(cfg.prior), progress,
                             colour=colour_model(cfg.colour), device=device)
     barrier()
