@@ -50,7 +50,8 @@ def cmd_data_pseudo(a: argparse.Namespace) -> None:
     from .engine.pseudo_labels import write_pseudo_labels
     colour = ColourModel(a.colour_weight, a.colour_rounds, a.colour_bins) if a.colour_weight else None
     teachers = a.checkpoint if len(a.checkpoint) > 1 else a.checkpoint[0]
-    out = write_pseudo_labels(teachers, a.root, a.tags, a.out, load_crf_params(a.crf or None, a.crf_set or []),
+    tags = Path(a.tags).resolve() if Path(a.tags).is_file() else a.tags  # a file here, else relative to ROOT
+    out = write_pseudo_labels(teachers, a.root, tags, a.out, load_crf_params(a.crf or None, a.crf_set or []),
                               progress=not a.quiet, min_confidence=a.min_confidence, val_split=a.val, colour=colour)
     if a.val:
         print(f"wrote {out} (train.txt, val.txt -> {a.val} of {a.root}, labels/, classes.json): "
@@ -360,7 +361,8 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("checkpoint", nargs="+",
                     help="a network trained from tags (e.g. weak.method expand_constrain); several: an ensemble")
     ps.add_argument("root", help="the dataset root the tags file's images are relative to")
-    ps.add_argument("--tags", required=True, help="the tags file of the images to label")
+    ps.add_argument("--tags", required=True,
+                    help="the tags file of the images to label (a path from here, else relative to ROOT)")
     ps.add_argument("--out", required=True, help="new folder for the pseudo-labelled dataset")
     ps.add_argument("--crf", metavar="FILE", help="dense-CRF settings (YAML); default Krähenbühl's")
     ps.add_argument("--crf-set", action="append", metavar="KEY=VALUE", help="override a CRF setting")

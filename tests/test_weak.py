@@ -156,8 +156,9 @@ def test_pseudo_labels_confidence_threshold_and_validation_split(sec_checkpoint,
     assert not (tmp_path / "bad").exists()
 
 
-def test_pseudo_labels_with_colour_models_are_the_refined_marginals(sec_checkpoint, tmp_path):
-    """--colour-weight writes the argmax of tag_restricted_marginals with the colour model, image by image."""
+def test_pseudo_labels_with_colour_models_are_the_refined_marginals(sec_checkpoint, tmp_path, monkeypatch):
+    """--colour-weight writes the argmax of tag_restricted_marginals with the colour model, image by image;
+    --tags names a file from the working directory (it is not under ROOT)."""
     import numpy as np
 
     from structseg._io import load_image
@@ -173,7 +174,9 @@ def test_pseudo_labels_with_colour_models_are_the_refined_marginals(sec_checkpoi
     from structseg.structured.seed_expand_constrain import tag_restricted_marginals
     root, tags, checkpoint = sec_checkpoint
     out = tmp_path / "colour"
-    assert main(["data", "pseudo-labels", str(checkpoint), str(root), "--tags", str(tags),
+    assert not (root / tags.name).exists()
+    monkeypatch.chdir(tags.parent)
+    assert main(["data", "pseudo-labels", str(checkpoint), str(root), "--tags", tags.name,
                  "--out", str(out), "--crf-set", "iterations=2", "--colour-weight", "3", "--colour-bins", "8",
                  "--quiet"]) == 0
     model = load_pretrained(checkpoint, torch.device("cpu"))
