@@ -18,6 +18,7 @@ import torch
 
 from structseg._io import load_image, load_label
 from structseg.data.layout import read_classes, read_split
+from structseg.data.tags import label_tags
 from structseg.data.transforms import network_input
 from structseg.engine.checkpoint import load_pretrained
 from structseg.engine.inference import forward_logits
@@ -50,8 +51,8 @@ def main() -> None:
     matrices = [ConfusionMatrix(k, classes.ignore_index) for _ in settings]
     for image_path, label_path in read_split(a.data, a.split):
         image, label = load_image(image_path), load_label(label_path).astype(np.int64)
-        counts = np.bincount(label[label != classes.ignore_index], minlength=k)
-        tags = torch.from_numpy(counts >= max(a.min_share * counts.sum(), 1)).float()[None]
+        tags = torch.zeros(1, k)
+        tags[0, list(label_tags(label, classes, a.min_share))] = 1.0
         logits = forward_logits(model, network_input(image, *model.normalization)[None], cpu, amp_dtype("auto", cpu))
         rgb = image_tensor(image, cpu)
         for (w, crf), cm in zip(settings, matrices):

@@ -93,12 +93,17 @@ def tags_from_labels(root: str | Path, split: str, min_share: float = DEFAULT_MI
     entries = []
     for img, lab in tqdm(read_split(root, split), desc=f"tags {split}", unit="img", disable=not progress):
         label = load_label(lab)
-        counts = np.bincount(label[label != classes.ignore_index].ravel(), minlength=classes.num_classes)
-        if counts.sum() == 0:
+        if (label == classes.ignore_index).all():
             raise DataError(f"{lab}: every pixel is the ignore index; the image has no tags")
-        present = tuple(int(c) for c in np.flatnonzero(counts >= max(min_share * counts.sum(), 1)))
-        entries.append(TaggedImage(img, present))
+        entries.append(TaggedImage(img, label_tags(label, classes, min_share)))
     return entries
+
+
+def label_tags(label: np.ndarray, classes: ClassInfo, min_share: float = DEFAULT_MIN_SHARE) -> tuple[int, ...]:
+    """The classes covering at least ``min_share`` of a label map's labelled (non-ignore) pixels, and at least one
+    pixel; empty when every pixel is ignored."""
+    counts = np.bincount(label[label != classes.ignore_index].ravel(), minlength=classes.num_classes)
+    return tuple(int(c) for c in np.flatnonzero(counts >= max(min_share * counts.sum(), 1)))
 
 
 class TaggedDataset(torch.utils.data.Dataset):

@@ -1,15 +1,16 @@
 """Pseudo labels: the retraining round of the image-label baseline (``structseg data pseudo-labels``, and
 ``weak.method: retrain``, which writes them into its run folder before it trains on them).
 
-A network trained from tags predicts each tagged training image; the dense CRF refines its scores with the
-classes the image is not tagged with excluded, and the argmax over the tags becomes that image's label map.
-The result is a new dataset folder in the unified layout (``classes.json``, ``train.txt``, ``labels/``; the
-split points at the original images by relative path, nothing is copied), on which an ordinary,
-fully supervised run is trained. ``min_confidence`` writes the ignore index where the refined marginal of
-the chosen class is below it (uncertain pixels are left out of the loss rather than taught wrong), and
-``colour`` adds each image's per-class colour models to the unary before the CRF
-(:mod:`structseg.structured.colour_model`), and ``val_split`` adds the original dataset's validation split (paths to its images and label maps) so the run
-on the pseudo labels is scored on real labels as it trains.
+A network trained from tags (or several: their softmax outputs averaged) predicts each tagged training image;
+the dense CRF refines its scores with the classes the image is not tagged with excluded, and the argmax over
+the tags becomes that image's label map. The result is a new dataset folder in the unified layout
+(``classes.json``, ``train.txt``, ``labels/``; the split points at the original images by relative path,
+nothing is copied), on which an ordinary, fully supervised run is trained. ``colour`` adds each image's
+per-class colour models to the unary before the CRF (:mod:`structseg.structured.colour_model`);
+``min_confidence`` writes the ignore index where the refined marginal of the chosen class is below it
+(uncertain pixels are left out of the loss rather than taught wrong); ``val_split`` adds the original dataset's
+validation split (paths to its images and label maps) so the run on the pseudo labels is scored on real
+labels as it trains.
 """
 from __future__ import annotations
 
@@ -22,21 +23,20 @@ import torch
 from tqdm import tqdm
 
 from .._io import load_image, partial_dir, prepare_output_dir, save_png
+from ..config import WeakConfig
 from ..data.layout import read_split
 from ..data.tags import read_tags
 from ..data.transforms import network_input
-from .checkpoint import load_pretrained, resolve_checkpoint
-from .inference import forward_logits
-from .distributed import barrier, is_main
-from .runtime import amp_dtype, pick_device
-from .weak import colour_model, crf_params
-from ..config import WeakConfig
-from ..errors import ConfigError, DataError
+from ..errors import CheckpointError, ConfigError, DataError
 from ..structured.colour_model import ColourModel
 from ..structured.crf_postprocess import image_tensor
 from ..structured.dense_crf import CRFParams
 from ..structured.seed_expand_constrain import tag_restricted_marginals
-
+from .checkpoint import load_pretrained
+from .distributed import barrier, is_main
+from .inference import forward_logits
+from .runtime import amp_dtype, pick_device
+from .weak import colour_model, crf_params
 
 def _relative(path: Path, out: Path) -> str:
     """``path`` as a split entry of the dataset at ``out`` (relative, so the folder can move with its source)."""
@@ -53,11 +53,14 @@ def _teachers(checkpoints: list[str | Path], device: torch.device) -> list[torch
     return models
 
 
-def _ensemble_log_probs(models: list[torch.nn.Module], image, device: torch.device, dtype) -> torch.Tensor:
-    """``log`` of the teachers' mean softmax ``(1, K, H, W)`` (one teacher: its log-softmax)."""
-    probs = sum(torch.softmax(forward_logits(m, network_input(image, *m.normalization)[None], device, dtype).float(), 1)
-                for m in models)
-    return torch.log((probs / len(models)).clamp(min=1e-30))
+def _teacher_scores(models: list[torch.nn.Module], image, device: torch.device, dtype) -> torch.Tensor:
+    """Scores ``(1, K, H, W)`` for :func:`tag_restricted_marginals`: one teacher's logits, or the ``log`` of
+    several teachers' mean softmax."""
+    logits = [forward_logits(m, network_input(image, *m.normalization)[None], device, dtype) for m in models]
+    if len(logits) == 1:
+        return logits[0]
+    probs = sum(torch.softmax(x.float(), 1) for x in logits) / len(logits)
+    return torch.log(probs.clamp(min=1e-30))
 
 
 def write_pseudo_labels(checkpoint: str | Path | list[str | Path], root: str | Path, tags: str | Path,
@@ -92,8 +95,7 @@ def write_pseudo_labels(checkpoint: str | Path | list[str | Path], root: str | P
         lines = []
         for e in tqdm(entries, desc="pseudo labels", unit="img", disable=not progress):
             image = load_image(e.image)
-            logits = (forward_logits(model, network_input(image, *model.normalization)[None], device, dtype)
-                      if len(models) == 1 else _ensemble_log_probs(models, image, device, dtype))
+            logits = _teacher_scores(models, image, device, dtype)
             tags_hot = torch.zeros(1, logits.shape[1], device=logits.device)
             tags_hot[0, list(e.tags)] = 1.0
             q = tag_restricted_marginals(logits, image_tensor(image, logits.device), tags_hot, params, colour)
@@ -123,13 +125,11 @@ def retrain_labels(cfg: WeakConfig, root: str | Path, out_dir: Path, device: tor
         raise ConfigError("config key 'weak.teacher' is empty: weak.method retrain trains on the pseudo labels of a "
                           "network trained from tags; give a shipped model's name or a run's best.pt")
     if is_main() and not folder.exists():
-        teachers = cfg.teacher if isinstance(cfg.teacher, list) else [cfg.teacher]
-        for t in teachers:
-            path = resolve_checkpoint(t)
-            if not path.is_file():
-                raise ConfigError(f"config key 'weak.teacher': {t}: checkpoint not found (a shipped model's name or a "
-                                  "run's best.pt, relative to where you run; train the teachers first, see the config)")
-        write_pseudo_labels(cfg.teacher, root, cfg.tags, folder, crf_params(cfg.prior), progress,
-                            colour=colour_model(cfg.colour), device=device)
+        try:
+            write_pseudo_labels(cfg.teacher, root, cfg.tags, folder, crf_params(cfg.prior), progress,
+                                colour=colour_model(cfg.colour), device=device)
+        except CheckpointError as e:  # only the teachers are checkpoints here
+            raise ConfigError(f"config key 'weak.teacher': {e} (a shipped model's name or a run's best.pt, relative "
+                              "to where you run; train the teachers first, see the config)") from None
     barrier()
     return folder

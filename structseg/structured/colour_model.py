@@ -45,8 +45,6 @@ def refine_with_colour(log_probs: torch.Tensor, rgb: torch.Tensor, weight: float
     """Log-probabilities ``(B, K, H, W)``: ``log_softmax(log_probs + weight * log p(colour | k))`` with the
     colour models re-estimated from the previous round's result, ``rounds`` times (no gradient).
     ``log_probs`` is typically the network's log-softmax with absent classes at a large negative value."""
-    if rounds < 1 or weight < 0:
-        raise ValueError(f"colour refinement needs rounds >= 1 and weight >= 0, got {rounds}, {weight}")
     b, k, h, w = log_probs.shape
     base = log_probs.detach().float().flatten(2)
     index = colour_bins(rgb, bins)
@@ -59,7 +57,7 @@ def refine_with_colour(log_probs: torch.Tensor, rgb: torch.Tensor, weight: float
 
 @dataclass(frozen=True)
 class ColourModel:
-    """Settings of :func:`refine_with_colour`; ``weight`` 0 turns it off (the log-probabilities pass unchanged)."""
+    """Settings of :func:`refine_with_colour`, checked by :meth:`validate`; callers pass None to turn it off."""
 
     weight: float = 0.0
     rounds: int = 3
@@ -77,6 +75,4 @@ class ColourModel:
             raise ValueError(f"colour prior must be a finite number > 0, got {self.prior!r}")
 
     def __call__(self, log_probs: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
-        if self.weight == 0:
-            return log_probs
         return refine_with_colour(log_probs, rgb, self.weight, self.rounds, self.bins, self.prior)
