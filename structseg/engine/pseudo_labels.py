@@ -43,7 +43,7 @@ def _relative(path: Path, out: Path) -> str:
     return Path(os.path.relpath(path, out)).as_posix()
 
 
-def _teachers(checkpoints: list[str | Path], device: torch.device) -> list[torch.nn.Module]:
+def load_teachers(checkpoints: list[str | Path], device: torch.device) -> list[torch.nn.Module]:
     """The teacher networks; several must share their classes (their softmax outputs are averaged)."""
     models = [load_pretrained(c, device) for c in checkpoints]
     for c, m in zip(checkpoints[1:], models[1:]):
@@ -53,7 +53,7 @@ def _teachers(checkpoints: list[str | Path], device: torch.device) -> list[torch
     return models
 
 
-def _teacher_scores(models: list[torch.nn.Module], image, device: torch.device, dtype) -> torch.Tensor:
+def teacher_scores(models: list[torch.nn.Module], image, device: torch.device, dtype) -> torch.Tensor:
     """Scores ``(1, K, H, W)`` for :func:`tag_restricted_marginals`: one teacher's logits, or the ``log`` of
     several teachers' mean softmax."""
     logits = [forward_logits(m, network_input(image, *m.normalization)[None], device, dtype) for m in models]
@@ -83,7 +83,7 @@ def write_pseudo_labels(checkpoint: str | Path | list[str | Path], root: str | P
     prepare_output_dir(out.parent, "folder of the pseudo-labelled dataset")
     root = Path(root)
     device = device or pick_device()
-    models = _teachers(list(checkpoint) if isinstance(checkpoint, (list, tuple)) else [checkpoint], device)
+    models = load_teachers(list(checkpoint) if isinstance(checkpoint, (list, tuple)) else [checkpoint], device)
     model = models[0]
     entries = read_tags(root, tags, model.classes)
     val_pairs = read_split(root, val_split) if val_split else []
@@ -95,7 +95,7 @@ def write_pseudo_labels(checkpoint: str | Path | list[str | Path], root: str | P
         lines = []
         for e in tqdm(entries, desc="pseudo labels", unit="img", disable=not progress):
             image = load_image(e.image)
-            logits = _teacher_scores(models, image, device, dtype)
+            logits = teacher_scores(models, image, device, dtype)
             tags_hot = torch.zeros(1, logits.shape[1], device=logits.device)
             tags_hot[0, list(e.tags)] = 1.0
             q = tag_restricted_marginals(logits, image_tensor(image, logits.device), tags_hot, params, colour)
